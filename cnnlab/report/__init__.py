@@ -1,0 +1,1 @@
+"""Plots and run reports. Import the submodule you need (``cnnlab.report.curves``, ``cnnlab.report.neighbours``...)."""
