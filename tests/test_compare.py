@@ -1,0 +1,138 @@
+"""The comparison: job skipping, config matching, provenance of every number, outputs; end to end on digits."""
+
+import json
+import os
+
+import matplotlib.image
+import ml_collections
+import pytest
+
+from cnnlab import compare
+
+
+def fake_config(accuracies=None):
+    """A compare config over two fake jobs (kinds "knn" and "train") whose functions the tests replace."""
+    config = ml_collections.ConfigDict()
+    config.kind = "compare"
+    config.dataset = "digits"
+    config.methods = ("knn", "lenet5")
+    config.command = "python -m experiments.main --config=experiments/configs/compare.py:digits --workdir=DIR"
+    config.split_description = "train[:80%] / train[80%:] / test"
+    config.jobs = ml_collections.ConfigDict()
+    config.jobs.knn = ml_collections.ConfigDict({"kind": "knn", "dataset": "digits", "k_values": (1, 3, 5)})
+    config.jobs.lenet5 = ml_collections.ConfigDict({"kind": "train", "dataset": "digits", "model": "lenet5",
+                                                    "num_epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}})
+    return config
+
+
+class FakeJobs:
+    """Stands in for the job functions: writes config.json and results.json like a real job, counts calls."""
+
+    def __init__(self, results):
+        self.results = results
+        self.calls = []
+
+    def __call__(self, kind):
+        def job(config, workdir):
+            name = os.path.basename(workdir)
+            self.calls.append(name)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump({**config.to_dict(), "added_by_job": 1}, f)
+            with open(os.path.join(workdir, "results.json"), "w") as f:
+                json.dump(self.results[name], f)
+        return job
+
+
+RESULTS = {
+    "knn": {"test_accuracy": 0.9805, "train_time_s": 0.012, "inference_s_per_1000": 0.034, "model_bytes": 92032,
+            "device": "cpu (2 cores)", "k": 3},
+    "lenet5": {"eval_accuracy": 0.9721, "eval_loss": 0.1, "train_time_s": 12.5, "inference_s_per_1000": 0.21,
+               "num_params": 61706, "device": "cpu"},
+}
+
+
+def test_run_builds_comparison_from_results_and_skips_done_jobs(tmp_path, monkeypatch):
+    fake = FakeJobs(RESULTS)
+    monkeypatch.setattr(compare, "job_function", fake)
+    comparison = compare.run(fake_config(), str(tmp_path))
+    assert fake.calls == ["knn", "lenet5"]
+    rows = {r["method"]: r for r in comparison["methods"]}
+    assert rows["knn"]["test_accuracy"] == 0.9805 and rows["knn"]["model_bytes"] == 92032
+    assert rows["knn"]["num_params"] is None
+    assert rows["lenet5"]["test_accuracy"] == 0.9721 and rows["lenet5"]["num_params"] == 61706
+    assert rows["lenet5"]["sources"]["test_accuracy"] == "lenet5/results.json:eval_accuracy"
+    assert rows["knn"]["sources"]["inference_s_per_1000"] == "knn/results.json:inference_s_per_1000"
+    assert all(r["ran_now"] for r in rows.values())
+    on_disk = json.loads((tmp_path / "comparison.json").read_text())
+    assert on_disk["methods"] == comparison["methods"]
+    assert on_disk["machine"]["usable_cores"] >= 1 and on_disk["machine"]["jax_backend"] == "cpu"
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| knn | 98.05% | 12 ms | 34 ms | 89.9 KiB | cpu (2 cores) |" in table
+    assert "| lenet5 | 97.21% | 12.5 s | 210 ms | 61,706 params | cpu |" in table
+    assert table.index("| knn |") < table.index("| lenet5 |")  # best first
+    image = matplotlib.image.imread(tmp_path / "comparison.png")
+    assert image.shape[0] >= 400 and image.shape[1] >= 600
+
+    # Second invocation: both jobs are done for this very config, so nothing runs and the numbers are equal.
+    again = compare.run(fake_config(), str(tmp_path))
+    assert fake.calls == ["knn", "lenet5"]
+    assert [r["ran_now"] for r in again["methods"]] == [False, False]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "ran_now"} for r in rows]  # noqa: E731
+    assert strip(again["methods"]) == strip(comparison["methods"])
+
+
+def test_changed_job_config_is_an_error_not_a_silent_reuse(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "job_function", FakeJobs(RESULTS))
+    compare.run(fake_config(), str(tmp_path))
+    changed = fake_config()
+    changed.jobs.lenet5.num_epochs = 5
+    with pytest.raises(ValueError, match=r"lenet5 holds results of a different config \(num_epochs: 5 here, 2"):
+        compare.run(changed, str(tmp_path))
+
+
+def test_job_without_results_runs_again(tmp_path, monkeypatch):
+    fake = FakeJobs(RESULTS)
+    monkeypatch.setattr(compare, "job_function", fake)
+    compare.run(fake_config(), str(tmp_path))
+    os.remove(tmp_path / "lenet5" / "results.json")  # e.g. killed before the end: it must resume, not be skipped
+    compare.run(fake_config(), str(tmp_path))
+    assert fake.calls == ["knn", "lenet5", "lenet5"]
+
+
+def test_bad_results_and_configs(tmp_path, monkeypatch):
+    missing_accuracy = {**RESULTS, "knn": {"train_time_s": 1.0}}
+    monkeypatch.setattr(compare, "job_function", FakeJobs(missing_accuracy))
+    with pytest.raises(KeyError, match=r"knn/results.json of 'knn' has none of the keys \['test_accuracy'"):
+        compare.run(fake_config(), str(tmp_path / "a"))
+    nan_accuracy = {**RESULTS, "knn": {**RESULTS["knn"], "test_accuracy": float("nan")}}
+    monkeypatch.setattr(compare, "job_function", FakeJobs(nan_accuracy))
+    with pytest.raises(ValueError, match="test_accuracy must be a finite number"):
+        compare.run(fake_config(), str(tmp_path / "b"))
+
+    def silent_job(kind):
+        return lambda config, workdir: None
+    monkeypatch.setattr(compare, "job_function", silent_job)
+    with pytest.raises(RuntimeError, match="without writing"):
+        compare.run(fake_config(), str(tmp_path / "c"))
+
+    config = fake_config()
+    config.methods = ("knn", "svm")
+    with pytest.raises(ValueError, match=r"names \['svm'\], which config.jobs lacks"):
+        compare.run(config, str(tmp_path / "d"))
+    config = fake_config()
+    config.jobs.knn.dataset = "mnist"
+    with pytest.raises(ValueError, match="every method must see the same data"):
+        compare.run(config, str(tmp_path / "e"))
+    config = fake_config()
+    config.jobs.knn.kind = "compare"
+    with pytest.raises(ValueError, match="has kind 'compare'"):
+        compare.run(config, str(tmp_path / "f"))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="Unknown job kind"):
+        compare.job_function("svm")
+
+
+def test_config_differences_ignores_added_keys_and_tuple_list():
+    expected = {"a": (1, 2), "b": {"c": 0.5}}
+    assert compare.config_differences(expected, {"a": [1, 2], "b": {"c": 0.5}, "extra": 3}) == []
+    assert compare.config_differences(expected, {"a": [1, 2]}) == ["b.c: 0.5 (not in the written config)"]
