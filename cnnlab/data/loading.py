@@ -1,0 +1,283 @@
+"""names(), load(), info(), prepare(), status(): cnnlab's datasets as numpy arrays, through TFDS.
+
+Prepared data lives in TFDS's data_dir (argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets) as
+ArrayRecord written by the builders in :mod:`cnnlab.data.builders`; reading it needs neither TensorFlow
+nor a network. Split strings follow TFDS's slicing syntax ("train", "test[:1000]", "train[90%:]",
+"train[:50%]+test"); percentages round to the closest example as in TFDS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import shutil
+import types
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cnnlab.data import builders
+
+log = logging.getLogger("cnnlab.data")
+_READ_CHUNK = 16384  # records deserialised per ArrayRecord bulk read
+
+
+@dataclasses.dataclass
+class Dataset:
+    """One (sliced) split as host arrays.
+
+    images: uint8 [N, H, W, C]; labels: int32 [N] in [0, num_classes); class_names: num_classes names.
+    extra_labels / extra_class_names: other labelings (CIFAR-100: "coarse_label", int32 [N], 20 names).
+    """
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    extra_labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    extra_class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: shapes, classes, split sizes, train-split pixel statistics.
+
+    mean, std: per-channel tuples in [0, 1] pixel units (population statistics of the train split);
+    stats_source says whether they were computed from the prepared data or are published values.
+    split_sizes: from the prepared data when prepared, else the official sizes.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    class_names: list[str]
+    split_sizes: dict[str, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    stats_source: str
+    prepared: bool
+    path: str | None  # the prepared dataset's directory, None if not prepared
+    extra_class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def names() -> list[str]:
+    """The dataset names cnnlab knows, sorted."""
+    return sorted(builders.SPECS)
+
+
+def _spec(name: str) -> builders.DatasetSpec:
+    if name not in builders.SPECS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(names())}")
+    return builders.SPECS[name]
+
+
+def _data_dir(data_dir) -> Path:
+    return Path(data_dir).expanduser() if data_dir else builders.default_data_dir()
+
+
+def _manual_dir(manual_dir, data_dir: Path) -> Path:
+    return Path(manual_dir).expanduser() if manual_dir else builders.default_manual_dir(data_dir)
+
+
+def _builder(name: str, data_dir: Path) -> builders.CnnlabBuilder:
+    return builders.BUILDERS[name](data_dir=os.fspath(data_dir), file_format="array_record")
+
+
+def _is_prepared(builder: builders.CnnlabBuilder) -> bool:
+    # TFDS's own is_prepared() logs a warning for every unprepared dataset; this is the same test, quietly.
+    return (Path(builder.data_path) / "dataset_info.json").is_file()
+
+
+def _install_hint(spec: builders.DatasetSpec, manual: Path) -> str:
+    return spec.install_hint.replace(builders.MANUAL_PLACEHOLDER, os.fspath(manual))
+
+
+def _absolute_ranges(name: str, split: str, sizes: dict[str, int]) -> list[tuple[str, int, int]]:
+    """TFDS split spec -> [(base split, start, stop)], with errors that list the valid splits."""
+    if not isinstance(split, str):
+        raise TypeError(f"split must be a string such as 'train' or 'train[:90%]', got {type(split).__name__}")
+    infos = {s: types.SimpleNamespace(num_examples=n, shard_lengths=[n]) for s, n in sizes.items()}
+    try:
+        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+    except (ValueError, NotImplementedError) as e:
+        raise ValueError(f"invalid split {split!r} for dataset {name!r}: valid splits are "
+                         f"{', '.join(sorted(sizes))}, optionally sliced as in TFDS ('train[:90%]', "
+                         f"'train[90%:]', 'test[:1000]'); {e}") from None
+    # TFDS encodes "from the start" / "to the end" as None.
+    return [(i.splitname, i.from_ or 0, sizes[i.splitname] if i.to is None else i.to) for i in instructions]
+
+
+@contextlib.contextmanager
+def _lock(data_dir: Path, name: str):
+    """An exclusive lock per (data_dir, dataset) so concurrent processes don't prepare twice."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f".cnnlab_{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_prepared(name: str, *, data_dir=None) -> bool:
+    """Whether `name` has complete prepared data in data_dir."""
+    _spec(name)
+    return _is_prepared(_builder(name, _data_dir(data_dir)))
+
+
+def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -> Path:
+    """Prepares `name` from its raw files into data_dir; returns the prepared dataset's directory.
+
+    Already-prepared data is kept unless force=True. Raises FileNotFoundError with install instructions
+    when the raw files are missing, formats.RawFormatError when they are corrupt; in both cases nothing
+    is left that a later load would read (TFDS writes into a temporary incomplete.* folder and renames it
+    only when every split is written).
+    """
+    spec = _spec(name)
+    data_dir = _data_dir(data_dir)
+    manual = _manual_dir(manual_dir, data_dir)
+    location = spec.find_raw(manual)
+    if location is None:
+        raise FileNotFoundError(
+            f"{name}: raw files not found (looked in {manual}/{name}, {manual} and the install locations). "
+            f"To install: {_install_hint(spec, manual)}")
+    with _lock(data_dir, name):
+        builder = _builder(name, data_dir)
+        if _is_prepared(builder) and not force:
+            return Path(builder.data_dir)
+        log.info("preparing %s from %s into %s", name, location.description, builder.data_dir)
+        if force and _is_prepared(builder):
+            shutil.rmtree(builder.data_dir)
+            builder = _builder(name, data_dir)
+        config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual))
+        builder.download_and_prepare(download_config=config)
+        return Path(builder.data_dir)
+
+
+def _read_prepared(builder: builders.CnnlabBuilder, ranges) -> dict[str, np.ndarray]:
+    columns: dict[str, list[np.ndarray]] = {}
+    sources = {}
+    for base, start, stop in ranges:
+        if stop <= start:
+            continue
+        if base not in sources:
+            sources[base] = builder.as_data_source(split=base)
+        source = sources[base]
+        for chunk_start in range(start, stop, _READ_CHUNK):
+            records = source.__getitems__(list(range(chunk_start, min(stop, chunk_start + _READ_CHUNK))))
+            for key in records[0]:
+                columns.setdefault(key, []).append(np.stack([r[key] for r in records]))
+    return {key: np.concatenate(parts) for key, parts in columns.items()}
+
+
+def _read_raw(splits, ranges) -> dict[str, np.ndarray]:
+    columns: dict[str, list[np.ndarray]] = {"image": [], "label": []}
+    for base, start, stop in ranges:
+        raw = splits[base]
+        columns["image"].append(raw.images[start:stop])
+        columns["label"].append(raw.labels[start:stop])
+        for key, values in raw.extra_labels.items():
+            columns.setdefault(key, []).append(values[start:stop])
+    return {key: np.concatenate(parts) for key, parts in columns.items()}
+
+
+def load(name: str, split: str, *, data_dir=None, manual_dir=None) -> Dataset:
+    """Loads a split of a dataset as uint8 [N, H, W, C] images and int32 [N] labels.
+
+    Reads the prepared TFDS data in data_dir. If it is not prepared but the raw files are present, it is
+    prepared first (logged); digits, when not prepared, is built in memory from scikit-learn (nothing is
+    written). Raises ValueError for unknown names/splits (listing the valid ones) and FileNotFoundError,
+    with the install command, when neither prepared data nor raw files exist.
+    """
+    spec = _spec(name)
+    data_dir = _data_dir(data_dir)
+    _absolute_ranges(name, split, spec.split_sizes)  # validates the split names before any I/O
+    builder = _builder(name, data_dir)
+    if not _is_prepared(builder):
+        if name == "digits":
+            splits = builders.digits_splits()
+            ranges = _absolute_ranges(name, split, {s: len(v.labels) for s, v in splits.items()})
+            return _dataset(spec, split, _read_raw(splits, ranges))
+        manual = _manual_dir(manual_dir, data_dir)
+        if spec.find_raw(manual) is None:
+            raise FileNotFoundError(
+                f"dataset {name!r} is not prepared in {data_dir} and its raw files were not found (looked in "
+                f"{manual}/{name}, {manual} and the install locations). To install: {_install_hint(spec, manual)}")
+        log.warning("%s is not prepared in %s: preparing it now from its raw files (first use)", name, data_dir)
+        prepare(name, data_dir=data_dir, manual_dir=manual)
+        builder = _builder(name, data_dir)
+    sizes = {s: info.num_examples for s, info in builder.info.splits.items()}
+    return _dataset(spec, split, _read_prepared(builder, _absolute_ranges(name, split, sizes)))
+
+
+def _dataset(spec: builders.DatasetSpec, split: str, columns: dict[str, np.ndarray]) -> Dataset:
+    images = columns.pop("image", np.zeros((0, *spec.image_shape), np.uint8)).astype(np.uint8, copy=False)
+    labels = columns.pop("label", np.zeros((0,), np.int32)).astype(np.int32, copy=False)
+    extra = {key: values.astype(np.int32, copy=False) for key, values in columns.items()}
+    return Dataset(spec.name, split, images, labels, list(spec.class_names), extra,
+                   {k: list(v) for k, v in spec.extra_class_names.items()})
+
+
+def info(name: str, *, data_dir=None) -> DatasetInfo:
+    """Shapes, classes, split sizes and train-split per-channel mean/std ([0, 1] units) of a dataset."""
+    spec = _spec(name)
+    builder = _builder(name, _data_dir(data_dir))
+    prepared = _is_prepared(builder)
+    if prepared:
+        metadata = builder.info.metadata or {}
+        sizes = {s: i.num_examples for s, i in builder.info.splits.items()}
+        mean, std = tuple(metadata["mean"]), tuple(metadata["std"])
+        source = f"computed at prepare time from the prepared train split ({metadata.get('source', '?')})"
+    elif name == "digits":
+        splits = builders.digits_splits()
+        sizes = {s: len(v.labels) for s, v in splits.items()}
+        mean, std = builders.channel_stats(splits["train"].images)
+        source = "computed from the train split (sklearn load_digits, in memory)"
+    else:
+        sizes, mean, std, source = dict(spec.split_sizes), spec.published_mean, spec.published_std, \
+            spec.stats_source
+    return DatasetInfo(spec.name, spec.image_shape, len(spec.class_names), list(spec.class_names),
+                       dict(sorted(sizes.items())), mean, std, source, prepared,
+                       os.fspath(builder.data_dir) if prepared else None,
+                       {k: list(v) for k, v in spec.extra_class_names.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """One line of `python -m cnnlab.data`: is it prepared, where, how big, where are its raw files."""
+
+    name: str
+    prepared: bool
+    path: str
+    split_sizes: dict[str, int]
+    raw: str | None  # description of the raw files found, None if missing
+    install_hint: str
+
+
+def status(*, data_dir=None, manual_dir=None) -> list[Status]:
+    """The state of every dataset in data_dir."""
+    data_dir = _data_dir(data_dir)
+    manual = _manual_dir(manual_dir, data_dir)
+    rows = []
+    for name in names():
+        spec = builders.SPECS[name]
+        builder = _builder(name, data_dir)
+        prepared = _is_prepared(builder)
+        sizes = ({s: i.num_examples for s, i in builder.info.splits.items()} if prepared
+                 else dict(spec.split_sizes))
+        location = spec.find_raw(manual)
+        rows.append(Status(name, prepared, os.fspath(builder.data_dir), dict(sorted(sizes.items())),
+                           location.description if location else None, _install_hint(spec, manual)))
+    return rows
