@@ -18,13 +18,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnlab.models import common
+from cnnlab.models import alexnet, common, densenet, googlenet, resnet, vgg
 from cnnlab.models.lenet import LeNet5
 
 # name -> constructor (a Module class or a functools.partial of one); get() adds num_classes and overrides.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
+    "alexnet": alexnet.AlexNet,
+    "alexnet_cifar": alexnet.AlexNetSmall,
+    "vgg11": vgg.VGG11,
+    "vgg13": vgg.VGG13,
+    "vgg16": vgg.VGG16,
+    "vgg19": vgg.VGG19,
+    "vgg11_bn": vgg.VGG11BN,
+    "vgg13_bn": vgg.VGG13BN,
+    "vgg16_bn": vgg.VGG16BN,
+    "vgg19_bn": vgg.VGG19BN,
+    "googlenet": googlenet.GoogLeNet,
+    "resnet18": resnet.ResNet18,
+    "resnet34": resnet.ResNet34,
+    "resnet50": resnet.ResNet50,
+    "resnet101": resnet.ResNet101,
+    "resnet152": resnet.ResNet152,
+    "resnet20": resnet.ResNet20,
+    "resnet32": resnet.ResNet32,
+    "resnet44": resnet.ResNet44,
+    "resnet56": resnet.ResNet56,
+    "resnet110": resnet.ResNet110,
+    "densenet121": densenet.DenseNet121,
+    "densenet169": densenet.DenseNet169,
+    "densenet201": densenet.DenseNet201,
+    "densenet_bc_100_12": densenet.DenseNetBC100k12,
 }
+
+# Models designed for 28x28 / 32x32 images (the others are ImageNet architectures for 224x224 inputs).
+SMALL_IMAGE_MODELS = ("lenet5", "alexnet_cifar", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                      "densenet_bc_100_12")
 
 
 def names() -> list[str]:
@@ -94,9 +123,76 @@ def first_conv_kernel(params: Any) -> jax.Array:
     return kernel
 
 
+def min_input_size(name: str, **overrides: Any) -> int:
+    """Smallest image height/width (pixels) the model ``name`` accepts with these overrides."""
+    return int(get(name, num_classes=1, **overrides).min_size)
+
+
 def count_params(params: Any) -> int:
     """Total number of scalars in a pytree of arrays (or jax.ShapeDtypeStruct)."""
     return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)))
 
 
-__all__ = ["names", "get", "first_conv_kernel", "count_params"]
+def _format_shapes(tree: Any) -> str:
+    shapes = [str(tuple(leaf.shape)) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape")]
+    return ", ".join(shapes) if shapes else "-"
+
+
+def summary(name: str, input_shape: tuple[int, ...], *, num_classes: int, depth: int | None = None,
+            **overrides: Any) -> str:
+    """A plain-text table of the model's modules: path, module type, output shape(s), parameters.
+
+    Nothing is computed or allocated: the model is traced with jax.eval_shape.
+
+    Args:
+      name: a registered model name.
+      input_shape: NHWC shape of the input batch, e.g. (1, 32, 32, 3).
+      num_classes: outputs.
+      depth: show modules nested at most this deep (1: top-level layers and blocks); None shows all.
+      **overrides: as for ``get``.
+    Returns:
+      The table, ending with the total parameter count and the batch-norm statistics count.
+    """
+    model = get(name, num_classes=num_classes, **overrides)
+    input_shape = tuple(int(d) for d in input_shape)
+    rows: list[list[Any]] = []  # [path, module type, output], in call order (parents before children)
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        row = [tuple(context.module.path), type(context.module).__name__, None]
+        rows.append(row)
+        row[2] = next_fun(*args, **kwargs)
+        return row[2]
+
+    def init():
+        with nn.intercept_methods(record):
+            return model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False)
+
+    variables = jax.eval_shape(init)
+    params = variables.get("params", {})
+
+    def subtree_count(path: tuple[str, ...]) -> int:
+        node: Any = params
+        for key in path:
+            if not hasattr(node, "get") or key not in node:
+                return 0
+            node = node[key]
+        return count_params(node)
+
+    lines = [f"{name} ({type(model).__name__}), input {input_shape}, {num_classes} classes",
+             f"{'path':<40} {'module':<16} {'output shape':<28} {'params':>12}"]
+    seen: set[tuple[str, ...]] = set()
+    for path, module_type, out in rows:
+        if path in seen or (depth is not None and len(path) > depth):
+            continue
+        seen.add(path)
+        label = "/".join(path) if path else "(model)"
+        lines.append(f"{label:<40} {module_type:<16} {_format_shapes(out):<28} {subtree_count(path):>12,}")
+    total = count_params(params)
+    stats = count_params(variables.get("batch_stats", {}))
+    lines.append(f"Total parameters: {total:,}" + (f"  (+ {stats:,} batch-norm statistics)" if stats else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["names", "get", "first_conv_kernel", "count_params", "min_input_size", "summary", "SMALL_IMAGE_MODELS"]
