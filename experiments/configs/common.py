@@ -1,0 +1,72 @@
+"""Defaults shared by every CNN training config (``kind="train"``); each experiment file overrides what it needs.
+
+Every field can be changed from the command line: ``--config.FIELD=VALUE`` (e.g. ``--config.num_epochs=3``,
+``--config.lr_boundaries_epochs='(10, 15)'``, ``--config.data_dir=/data/tfds``).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The full set of training fields with neutral defaults (see docs/training.md for each one)."""
+    c = ml_collections.ConfigDict()
+    c.kind = "train"
+    # Data.
+    c.dataset = "fashion_mnist"            # one of cnnlab.data.names()
+    c.data_dir = config_dict.placeholder(str)  # TFDS data dir; None: the default (~/tensorflow_datasets)
+    c.train_split = "train"
+    c.eval_split = "test"                  # evaluated after every epoch; "best" checkpoint = best accuracy here
+    c.image_size = 0                       # >0: zero-pad images to image_size x image_size on device
+    c.augment = False                      # random crop (zero padding 4) + horizontal flip, on device
+    c.augment_flip = True
+    # Model.
+    c.model = "lenet5"                     # one of cnnlab.models.names()
+    c.model_overrides = ml_collections.ConfigDict()  # extra constructor arguments, e.g. {"style": "original"}
+    c.dtype = "float32"                    # computation dtype: "float32" or "bfloat16" (parameters stay float32)
+    # Optimisation.
+    c.num_epochs = 10
+    c.num_train_steps = 0                  # > 0 overrides num_epochs
+    c.batch_size = 128                     # global batch, split over all devices
+    c.eval_batch_size = 1000
+    c.optimizer = "sgd"                    # "sgd", "adam" or "adamw"
+    c.learning_rate = 0.1                  # peak learning rate
+    c.momentum = 0.9                       # sgd
+    c.nesterov = False                     # sgd
+    c.b1 = 0.9                             # adam/adamw
+    c.b2 = 0.999
+    c.eps = 1e-8
+    c.weight_decay = 0.0                   # L2 (sgd, adam) or decoupled (adamw), on every parameter
+    c.grad_clip_norm = 0.0                 # > 0: clip the global gradient norm
+    c.label_smoothing = 0.0
+    c.schedule = "constant"                # "constant", "step", "cosine" or "onecycle"
+    c.warmup_epochs = 0.0                  # linear warmup (constant, step, cosine)
+    c.lr_boundaries_steps = ()             # step schedule: decay at these optimizer steps...
+    c.lr_boundaries_epochs = ()            # ...or at these epochs (when lr_boundaries_steps is empty)
+    c.lr_decay_factor = 0.1
+    c.final_lr_fraction = 0.0              # cosine: final lr / peak lr
+    c.onecycle_pct_start = 0.3
+    c.seed = 0
+    # Loop, checkpoints, logging.
+    c.steps_per_dispatch = 1               # optimizer steps per jitted call (lax.scan): >1 cuts CPU dispatch cost
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 1000        # plus one at every epoch end; 0: epoch ends only
+    c.keep_checkpoints = 2                 # latest N kept, plus the best by eval accuracy
+    c.report = True                        # write plots and report.md at the end
+    c.multihost = False                    # call jax.distributed.initialize() (also on JAX_COORDINATOR_ADDRESS)
+    return c
+
+
+def parse_arg(arg) -> set[str]:
+    """The comma-separated words of a config argument, e.g. ``"runlocal"`` -> {"runlocal"}."""
+    return {word.strip() for word in (arg or "").split(",") if word.strip()}
+
+
+def apply_runlocal(c: ml_collections.ConfigDict, *, num_train_steps: int = 60, batch_size: int | None = None):
+    """Shrinks a config to a quick smoke run (a minute or so on a laptop CPU)."""
+    c.num_train_steps = num_train_steps
+    if batch_size is not None:
+        c.batch_size = batch_size
+    c.log_every_steps = 10
+    c.checkpoint_every_steps = 0
+    return c
