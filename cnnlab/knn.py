@@ -1,0 +1,786 @@
+"""Exact k-nearest neighbours: blocked distances, streaming top-k, majority vote, sharded training set, CV.
+
+The lecture's first classifier: a query gets the majority label of its k nearest training points under the L1
+distance (sum of absolute differences) or L2 (Euclidean distance).
+
+    distances, indices = nearest(train_x, queries, k=10, metric="l2")        # [Q, k] each, sorted
+    labels = predict(train_x, train_y, queries, k=5, metric="l1")           # [Q]
+    cv = cross_validate(train_x, train_y, ks=(1, 3, 5), metrics=("l1", "l2"))
+
+How it works (one jitted program):
+  * The training set is split over a 1-D device mesh (axis ``"data"``); every device owns a contiguous slice.
+  * Each device streams over its slice in training blocks and, inside, over the queries in query blocks. A
+    [query_block, train_block] tile of distances is computed, reduced to its k best (a group-minimum
+    pre-filter, then ``lax.top_k`` on the few surviving groups), and merged into the running top-k of those
+    queries. The full [Q, N] distance matrix never exists; peak memory is set by the block sizes (see
+    ``block_plan``), not by N or Q.
+  * One global merge: the devices' [Q, k] lists are all-gathered and merged with one top-k. Devices hold
+    contiguous, increasing index ranges and every list is ordered by (distance, index), so a stable top-k over
+    the concatenation keeps the "ties go to the lower training index" rule; results are identical for any
+    device count.
+
+Exactness (DESIGN.md section 4):
+  * Integer inputs whose value range spans at most 255 (uint8 images, int8, bool, small-range ints):
+      L2: values are centred to [-128, 127] (exact in bfloat16 and float32), the dot products are computed in
+          float32 accumulation over feature chunks of at most 1024 features (|sum| <= 1024 * 128^2 = 2^24, so
+          every partial sum is an exactly representable integer), converted to int32 and combined into the
+          exact squared distance |q|^2 - 2 q.x + |x|^2 in int32. On GPU/TPU the operands are bfloat16 (the
+          fast matrix unit path), on CPU float32 (same exact values).
+      L1: |a - b| of values in [0, 255] and sums of 8 such terms (<= 2040 < 2^11) are exact in float16; the
+          per-chunk sums are added in float32 (exact below 2^24) or int32. float16 is the fastest exact type
+          on CPUs with AVX512-FP16 and on GPUs.
+  * Other integer inputs: direct integer differences accumulated in int32 (int64 with jax_enable_x64); a
+    range whose worst-case distance does not fit raises a ValueError instead of silently rounding.
+  * Float inputs follow float semantics: L2 by the same matrix-product expansion in float32 (HIGHEST
+    precision, clamped at 0), L1 by direct differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+METRICS = ("l1", "l2")
+TIE_BREAKS = ("nearest", "smallest_label")
+DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30  # 1 GiB of working memory per device beyond inputs
+_MESH_AXIS = "data"
+_GROUP = 16  # columns per group in the group-minimum top-k pre-filter
+_L1_MICRO_QUERIES = 16  # micro-tile of the L1 kernel (measured best on AVX512 CPUs: 16 x 256..1024)
+_L1_MICRO_TRAIN = 256
+_L1_CHUNK = 8  # features summed in float16: 8 * 255 = 2040 < 2048, exact
+_L2_CHUNK_LIMIT = 1 << 24  # float32 represents every integer up to 2^24 exactly
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checking and the exact-arithmetic mode
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mode:
+    """How distances are computed: 'small_int' (span <= 255, exact fast paths), 'int' (exact, direct
+    differences in ``int_dtype``) or 'float'. ``offset`` is subtracted from integer values first."""
+
+    kind: str
+    offset: int = 0
+    int_dtype: Any = None
+
+
+def _as_2d(x, name: str) -> tuple[Any, tuple[int, ...]]:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape [N, features...] (at least 2 dimensions), got shape {tuple(x.shape)}. "
+            "For one query use queries[None]; for scalar features use x[:, None]."
+        )
+    if x.shape[0] == 0 or math.prod(x.shape[1:]) == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); give at least one point with one feature.")
+    dtype = np.dtype(x.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
+        raise TypeError(f"{name} must have a real or integer dtype, got {dtype}.")
+    return x.reshape(x.shape[0], -1), tuple(x.shape[1:])
+
+
+def _value_range(x) -> tuple[float, float]:
+    if isinstance(x, np.ndarray):
+        return float(x.min()), float(x.max())
+    return float(jnp.min(x)), float(jnp.max(x))
+
+
+def _check_finite(x, name: str) -> None:
+    dtype = np.dtype(x.dtype)
+    if not np.issubdtype(dtype, np.floating):
+        return
+    finite = np.isfinite(x).all() if isinstance(x, np.ndarray) else bool(jnp.isfinite(x).all())
+    if not finite:
+        raise ValueError(f"{name} contains NaN or infinite values; remove or impute them before kNN.")
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; known metrics: {list(METRICS)}.")
+    return metric
+
+
+def _mode_for(train_x, queries, metric: str) -> _Mode:
+    """Chooses the exact arithmetic for the dtypes and value range of both inputs (host-side, before jit)."""
+    dtypes = [np.dtype(train_x.dtype), np.dtype(queries.dtype)]
+    if any(np.issubdtype(d, np.floating) for d in dtypes):
+        return _Mode("float")
+    if all(d in (np.dtype(np.uint8), np.dtype(np.bool_)) for d in dtypes):
+        lo, hi = 0, 255
+    else:
+        lo_t, hi_t = _value_range(train_x)
+        lo_q, hi_q = _value_range(queries)
+        lo, hi = int(min(lo_t, lo_q)), int(max(hi_t, hi_q))
+    span = hi - lo
+    if span <= 255:
+        return _Mode("small_int", offset=lo)
+    dim = math.prod(train_x.shape[1:])
+    worst = dim * (span if metric == "l1" else span * span)
+    if worst < np.iinfo(np.int32).max:
+        return _Mode("int", offset=lo, int_dtype=jnp.int32)
+    if jax.config.jax_enable_x64 and worst < np.iinfo(np.int64).max:
+        return _Mode("int", offset=lo, int_dtype=jnp.int64)
+    raise ValueError(
+        f"Integer inputs with value range [{lo}, {hi}] and {dim} features can reach a {metric} distance of "
+        f"{worst}, beyond int32; enable jax_enable_x64 for int64 distances, or pass float arrays."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Block plan: block sizes and the memory they need
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """Block sizes of one ``nearest`` call and an upper estimate of its working memory per device.
+
+    query_block, train_block: tile shape [query_block, train_block] of distances computed at a time.
+    train_per_device: training rows on each device (the training set padded to a multiple of the devices).
+    working_bytes: estimated peak memory beyond the inputs, per device (tiles, converted blocks, top-k state).
+    """
+
+    query_block: int
+    train_block: int
+    num_queries: int
+    train_per_device: int
+    num_devices: int
+    dim: int
+    k: int
+    working_bytes: int
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _working_bytes(metric: str, mode: str, qb: int, tb: int, dim: int, k: int, num_queries: int) -> int:
+    tile = qb * tb * 4
+    state = num_queries * k * 8 * 3  # running distances + indices, the updated copy, the final gather
+    candidates = qb * min(tb, k * _GROUP) * 8 * 3 + qb * (tb // _GROUP) * 8
+    if metric == "l2" and mode != "int":
+        blocks = (tb + qb) * dim * 4 + tb * 8  # converted train and query blocks, norms
+        tiles = 4 * tile  # float dot, int dot sum, distance, top-k key
+    else:
+        blocks = (tb + qb) * _round_up(dim, _L1_CHUNK) * 4 * 2  # transposed/converted blocks (+ padding copy)
+        tiles = 4 * tile + 2 * tile  # micro-tile outputs, their transpose, distance, key
+    return int(state + candidates + blocks + tiles)
+
+
+def block_plan(
+    n_train: int,
+    n_queries: int,
+    dim: int,
+    *,
+    k: int,
+    metric: str = "l2",
+    mode: str = "small_int",
+    num_devices: int = 1,
+    query_block: int | None = None,
+    train_block: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+) -> BlockPlan:
+    """Chooses block sizes so the working memory per device stays within ``memory_budget_bytes``.
+
+    Defaults (measured on 2-core AVX512 CPUs with Fashion-MNIST): L2 tiles of 256 queries x 4096 training
+    points (matrix products large enough to run near peak), L1 tiles of 64 x 2048. Blocks shrink to the
+    problem size and halve until the estimate fits the budget; a budget too small even for the smallest
+    blocks raises a ValueError.
+    """
+    _check_metric(metric)
+    per_device = -(-n_train // num_devices)
+    default_qb, default_tb = (256, 4096) if metric == "l2" and mode != "int" else (64, 2048)
+    qb = query_block or default_qb
+    tb = train_block or default_tb
+    if qb < 1 or tb < 1:
+        raise ValueError(f"query_block and train_block must be positive, got {qb} and {tb}.")
+    qb = min(qb, n_queries)
+    unit = _GROUP
+    tb = min(_round_up(tb, unit), _round_up(per_device, unit))
+    while True:
+        need = _working_bytes(metric, mode, qb, tb, dim, k, n_queries)
+        if need <= memory_budget_bytes:
+            break
+        if tb > 4 * unit and tb >= qb:
+            tb = _round_up(tb // 2, unit)
+        elif qb > 1:
+            qb = -(-qb // 2)
+        else:
+            raise ValueError(
+                f"memory_budget_bytes={memory_budget_bytes} is too small for k={k} and {n_queries} queries "
+                f"(smallest blocks need {need} bytes); raise the budget or search fewer queries per call."
+            )
+    return BlockPlan(
+        query_block=int(qb),
+        train_block=int(tb),
+        num_queries=int(n_queries),
+        train_per_device=int(_round_up(per_device, 1)),
+        num_devices=int(num_devices),
+        dim=int(dim),
+        k=int(k),
+        working_bytes=int(need),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distance tiles
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fast_dtype(platform: str):
+    """Operand type of the exact L2 matrix product: bfloat16 on accelerators, float32 on CPU (XLA:CPU runs
+    float32 products faster than bfloat16 ones; both carry centred 8-bit values exactly)."""
+    return jnp.float32 if platform == "cpu" else jnp.bfloat16
+
+
+def _centred(x, mode: _Mode, dtype):
+    if x.dtype == jnp.uint8 and mode.offset == 0:
+        return (x.astype(jnp.int16) - 128).astype(dtype)
+    return (x.astype(jnp.int32) - (mode.offset + 128)).astype(dtype)
+
+
+def _l2_small_int_tile(q_blk, x_blk, q_norm, x_norm, mode: _Mode, platform: str):
+    """Exact squared L2 distances [qb, tb] in int32 for integer values of span <= 255."""
+    dtype = _fast_dtype(platform)
+    dim = q_blk.shape[1]
+    chunk = min(dim, _L2_CHUNK_LIMIT // (128 * 128))
+    qc = _centred(q_blk, mode, dtype)
+    xc = _centred(x_blk, mode, dtype)
+    dot = None
+    for start in range(0, dim, chunk):
+        part = lax.dot_general(
+            qc[:, start : start + chunk],
+            xc[:, start : start + chunk],
+            (((1,), (1,)), ((), ())),
+            preferred_element_type=jnp.float32,
+            precision=lax.Precision.HIGHEST,
+        ).astype(jnp.int32)
+        dot = part if dot is None else dot + part
+    return q_norm[:, None] + x_norm[None, :] - 2 * dot
+
+
+def _small_int_norms(x, mode: _Mode):
+    c = _centred(x, mode, jnp.int32)
+    return jnp.sum(c * c, axis=1, dtype=jnp.int32)
+
+
+def _l2_float_tile(q_blk, x_blk, q_norm, x_norm):
+    dot = lax.dot_general(
+        q_blk, x_blk, (((1,), (1,)), ((), ())), preferred_element_type=q_blk.dtype, precision=lax.Precision.HIGHEST
+    )
+    return jnp.maximum(q_norm[:, None] + x_norm[None, :] - 2 * dot, 0) + 0  # + 0 turns -0.0 into 0.0
+
+
+def _micro_tiled(kernel, q_blk, xT_blk, mq: int, mt: int):
+    """Runs kernel([mq, D] queries, [D, mt] train) -> [mq, mt] over a [qb, D] x [D, tb] tile, micro-tile by
+    micro-tile (keeps the working set of the elementwise L1 kernel in the core's caches)."""
+    qb, dim = q_blk.shape
+    tb = xT_blk.shape[1]
+    mq, mt = min(mq, qb), min(mt, tb)
+    if qb % mq or tb % mt:  # ragged tiles: one kernel call on the whole tile
+        return kernel(q_blk, xT_blk)
+    xs = xT_blk.reshape(dim, tb // mt, mt).transpose(1, 0, 2)
+    qs = q_blk.reshape(qb // mq, mq, dim)
+    out = lax.map(lambda xx: lax.map(lambda qq: kernel(qq, xx), qs), xs)  # [tb/mt, qb/mq, mq, mt]
+    return out.transpose(1, 2, 0, 3).reshape(qb, tb)
+
+
+def _pad_features(x, multiple: int, axis: int):
+    dim = x.shape[axis]
+    extra = _round_up(dim, multiple) - dim
+    if not extra:
+        return x
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, extra)
+    return jnp.pad(x, pad)
+
+
+def _l1_small_int_kernel(qq, xx):
+    """[mq, D] x [D, mt] -> exact int32 L1 distances; values in [0, 255] as float16, D a multiple of 8."""
+    mq, dim = qq.shape
+    mt = xx.shape[1]
+    diff = jnp.abs(qq[:, :, None] - xx[None, :, :])  # exact in float16
+    chunk_sums = diff.reshape(mq, dim // _L1_CHUNK, _L1_CHUNK, mt).sum(axis=2, dtype=jnp.float16)  # <= 2040
+    return chunk_sums.astype(jnp.float32).sum(axis=1).astype(jnp.int32)  # < 2^24 for D < 65,793
+
+
+def _l1_small_int_tile(q_blk, x_blk, mode: _Mode):
+    def to_f16(x):
+        if x.dtype == jnp.uint8 and mode.offset == 0:
+            return x.astype(jnp.float16)
+        return (x.astype(jnp.int32) - mode.offset).astype(jnp.float16)
+
+    dim = q_blk.shape[1]
+    if dim * 255 >= _L2_CHUNK_LIMIT:  # float32 chunk total would round: exact int path instead
+        return _direct_tile(q_blk, x_blk, "l1", jnp.int32, mode.offset)
+    q16 = _pad_features(to_f16(q_blk), _L1_CHUNK, 1)
+    xT16 = _pad_features(to_f16(x_blk).T, _L1_CHUNK, 0)
+    return _micro_tiled(_l1_small_int_kernel, q16, xT16, _L1_MICRO_QUERIES, _L1_MICRO_TRAIN)
+
+
+def _direct_tile(q_blk, x_blk, metric: str, dtype, offset=0):
+    """Distances by direct differences, accumulated in ``dtype`` (int32/int64 exact, or float)."""
+    q = q_blk.astype(dtype) - offset if offset else q_blk.astype(dtype)
+    xT = x_blk.T.astype(dtype) - offset if offset else x_blk.T.astype(dtype)
+
+    def kernel(qq, xx):
+        diff = qq[:, :, None] - xx[None, :, :]
+        terms = jnp.abs(diff) if metric == "l1" else diff * diff
+        return jnp.sum(terms, axis=1, dtype=dtype)
+
+    return _micro_tiled(kernel, q, xT, _L1_MICRO_QUERIES, _L1_MICRO_TRAIN)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming top-k
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _sentinel(dtype):
+    return jnp.array(jnp.inf, dtype) if jnp.issubdtype(dtype, jnp.floating) else jnp.array(jnp.iinfo(dtype).max, dtype)
+
+
+def _smallest_k(dist, k: int):
+    """The k smallest entries of each row of dist [r, c], ordered by (distance, column); returns (values,
+    columns). Pre-filter: the k best entries lie in the k groups of ``_GROUP`` columns with the smallest
+    (group minimum, group index) -- any entry outside them is beaten by the minima of k other groups, each
+    smaller, or equal and at a lower column -- so only k * _GROUP candidates reach ``lax.top_k``."""
+    rows, cols = dist.shape
+    if k * _GROUP * 2 > cols or cols % _GROUP:
+        neg, col = lax.top_k(-dist, k)  # stable: equal values keep the lower column first
+        return -neg, col
+    group_min = dist.reshape(rows, cols // _GROUP, _GROUP).min(axis=2)
+    _, groups = lax.top_k(-group_min, k)
+    groups = jnp.sort(groups, axis=1)  # candidates in column order keep top_k's tie rule
+    cand_cols = (groups[:, :, None] * _GROUP + jnp.arange(_GROUP, dtype=groups.dtype)).reshape(rows, k * _GROUP)
+    cand = jnp.take_along_axis(dist, cand_cols, axis=1)
+    neg, pos = lax.top_k(-cand, k)
+    return -neg, jnp.take_along_axis(cand_cols, pos, axis=1)
+
+
+def _merge(best_d, best_i, new_d, new_i, k: int):
+    """Merges two (distance, index) lists [r, k]; every index in ``best`` is lower than every index in
+    ``new`` and both are ordered by (distance, index), so a stable top-k keeps that order."""
+    d = jnp.concatenate([best_d, new_d], axis=1)
+    i = jnp.concatenate([best_i, new_i], axis=1)
+    neg, pos = lax.top_k(-d, k)
+    return -neg, jnp.take_along_axis(i, pos, axis=1)
+
+
+def _local_nearest(train, queries, n_valid, index_offset, *, k, metric, mode, plan, platform):
+    """Top-k of all queries against one device's training slice [n_local, D]. Returns (distance [Q, k] in the
+    distance dtype: squared for L2, indices [Q, k] int32 global). Training rows at or beyond ``n_valid``
+    (device padding) never enter the result."""
+    n_local, dim = train.shape
+    num_q = queries.shape[0]
+    qb, tb = plan.query_block, min(plan.train_block, n_local)
+    n_tblocks, n_qblocks = -(-n_local // tb), -(-num_q // qb)
+
+    if mode.kind == "float":
+        dist_dtype = jnp.result_type(train.dtype, queries.dtype, jnp.float32)
+    elif mode.kind == "int":
+        dist_dtype = mode.int_dtype
+    else:
+        dist_dtype = jnp.int32
+    if mode.kind == "float":
+        queries = queries.astype(dist_dtype)
+        train = train.astype(dist_dtype)
+
+    q_norm = None
+    if metric == "l2" and mode.kind == "small_int":
+        q_norm = _small_int_norms(queries, mode)
+    elif metric == "l2" and mode.kind == "float":
+        q_norm = jnp.sum(queries * queries, axis=1)
+
+    sentinel = _sentinel(dist_dtype)
+    init = (jnp.full((num_q, k), sentinel, dist_dtype), jnp.full((num_q, k), jnp.iinfo(jnp.int32).max, jnp.int32))
+
+    def train_step(t, state):
+        # The last block is clamped to end at n_local; rows it shares with the previous block are masked.
+        nominal = t * tb
+        start = jnp.minimum(nominal, n_local - tb)
+        x_blk = lax.dynamic_slice_in_dim(train, start, tb, axis=0)
+        local_rows = start + jnp.arange(tb)
+        valid = (local_rows >= nominal) & (local_rows < n_valid)
+        if metric == "l2" and mode.kind == "small_int":
+            x_norm = _small_int_norms(x_blk, mode)
+        elif metric == "l2" and mode.kind == "float":
+            x_norm = jnp.sum(x_blk * x_blk, axis=1)
+
+        def query_step(b, state):
+            best_d, best_i = state
+            nominal_q = b * qb
+            q_start = jnp.minimum(nominal_q, num_q - qb)
+            q_blk = lax.dynamic_slice_in_dim(queries, q_start, qb, axis=0)
+            if metric == "l2" and mode.kind == "small_int":
+                qn = lax.dynamic_slice_in_dim(q_norm, q_start, qb)
+                tile = _l2_small_int_tile(q_blk, x_blk, qn, x_norm, mode, platform)
+            elif metric == "l2" and mode.kind == "float":
+                qn = lax.dynamic_slice_in_dim(q_norm, q_start, qb)
+                tile = _l2_float_tile(q_blk, x_blk, qn, x_norm)
+            elif mode.kind == "small_int":
+                tile = _l1_small_int_tile(q_blk, x_blk, mode)
+            elif mode.kind == "int":
+                tile = _direct_tile(q_blk, x_blk, metric, mode.int_dtype, mode.offset)
+            else:
+                tile = _direct_tile(q_blk, x_blk, metric, dist_dtype)
+            tile = jnp.where(valid[None, :], tile, sentinel)
+            cand_d, cand_col = _smallest_k(tile, k)
+            cand_i = (cand_col + start + index_offset).astype(jnp.int32)
+            old_d = lax.dynamic_slice_in_dim(best_d, q_start, qb, axis=0)
+            old_i = lax.dynamic_slice_in_dim(best_i, q_start, qb, axis=0)
+            new_d, new_i = _merge(old_d, old_i, cand_d, cand_i, k)
+            # Rows of a clamped last query block already merged by the previous block keep their state.
+            fresh = (q_start + jnp.arange(qb) >= nominal_q)[:, None]
+            new_d = jnp.where(fresh, new_d, old_d)
+            new_i = jnp.where(fresh, new_i, old_i)
+            best_d = lax.dynamic_update_slice_in_dim(best_d, new_d, q_start, axis=0)
+            best_i = lax.dynamic_update_slice_in_dim(best_i, new_i, q_start, axis=0)
+            return best_d, best_i
+
+        return lax.fori_loop(0, n_qblocks, query_step, state)
+
+    return lax.fori_loop(0, n_tblocks, train_step, init)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, n_train: int, platform: str):
+    """The jitted sharded search for one configuration (cached: repeated calls reuse the executable)."""
+    num_devices = mesh.devices.size
+    n_local = plan.train_per_device
+
+    def per_device(train_shard, queries):
+        device = lax.axis_index(_MESH_AXIS)
+        offset = device * n_local
+        n_valid = jnp.clip(n_train - offset, 0, n_local)
+        d, i = _local_nearest(
+            train_shard, queries, n_valid, offset, k=k, metric=metric, mode=mode, plan=plan, platform=platform
+        )
+        if num_devices == 1:
+            return d, i
+        all_d = lax.all_gather(d, _MESH_AXIS, axis=1, tiled=True)  # [Q, devices * k], device (= index) order
+        all_i = lax.all_gather(i, _MESH_AXIS, axis=1, tiled=True)
+        neg, pos = lax.top_k(-all_d, k)
+        return -neg, jnp.take_along_axis(all_i, pos, axis=1)
+
+    search = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(_MESH_AXIS, None), P()), out_specs=(P(), P()), check_vma=False
+    )
+
+    def finish(train, queries):
+        d, i = search(train, queries)
+        if metric == "l2":
+            d = jnp.sqrt(d.astype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
+        return d, i
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(finish, out_shardings=(replicated, replicated))
+
+
+def default_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh named ``"data"`` over ``devices`` (default: every device of every process)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    return jax.make_mesh((len(devices),), (_MESH_AXIS,), devices=devices)
+
+
+def _place_train(train2d, mesh, n_padded: int):
+    """The training set as a global array [n_padded, D] split over the mesh; rows beyond the data are zeros.
+    Built per shard from the host copy (every process holds the full array), so it works multi-host too."""
+    sharding = NamedSharding(mesh, P(_MESH_AXIS, None))
+    n, dim = train2d.shape
+    if isinstance(train2d, jax.Array) and n == n_padded and train2d.sharding.is_equivalent_to(sharding, 2):
+        return train2d
+    if isinstance(train2d, jax.Array) and not train2d.is_fully_addressable:
+        raise ValueError("A multi-host training array must already be sharded over the mesh axis 'data'.")
+    host = np.asarray(train2d)
+
+    def shard(index):
+        rows = index[0]
+        start, stop = rows.start or 0, n_padded if rows.stop is None else rows.stop
+        part = host[start:min(stop, n)]
+        if stop > n:
+            part = np.concatenate([part, np.zeros((stop - max(start, n), dim), host.dtype)])
+        return part
+
+    return jax.make_array_from_callback((n_padded, dim), sharding, shard)
+
+
+def _place_queries(queries2d, mesh):
+    sharding = NamedSharding(mesh, P())
+    if isinstance(queries2d, jax.Array) and queries2d.sharding.is_equivalent_to(sharding, 2):
+        return queries2d
+    host = np.asarray(queries2d)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _prepare(train_x, queries, k, metric, mesh, query_block, train_block, memory_budget_bytes):
+    _check_metric(metric)
+    train2d, train_shape = _as_2d(train_x, "train_x")
+    queries2d, query_shape = _as_2d(queries, "queries")
+    if math.prod(train_shape) != math.prod(query_shape):
+        raise ValueError(
+            f"queries have {math.prod(query_shape)} features (shape {query_shape}) but the training points have "
+            f"{math.prod(train_shape)} (shape {train_shape}); they must match."
+        )
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {k!r}.")
+    n_train = train2d.shape[0]
+    if not 1 <= k <= n_train:
+        raise ValueError(f"k must be between 1 and the number of training points ({n_train}), got k={k}.")
+    _check_finite(train2d, "train_x")
+    _check_finite(queries2d, "queries")
+    mode = _mode_for(train2d, queries2d, metric)
+    mesh = mesh if mesh is not None else default_mesh()
+    if _MESH_AXIS not in mesh.axis_names or len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must be 1-D with axis name {_MESH_AXIS!r} (see default_mesh), got {mesh.axis_names}.")
+    num_devices = mesh.devices.size
+    plan = block_plan(
+        n_train,
+        queries2d.shape[0],
+        train2d.shape[1],
+        k=k,
+        metric=metric,
+        mode=mode.kind,
+        num_devices=num_devices,
+        query_block=query_block,
+        train_block=train_block,
+        memory_budget_bytes=memory_budget_bytes,
+    )
+    return train2d, queries2d, mode, mesh, plan
+
+
+def nearest(
+    train_x,
+    queries,
+    *,
+    k: int,
+    metric: str = "l2",
+    mesh: jax.sharding.Mesh | None = None,
+    query_block: int | None = None,
+    train_block: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+):
+    """The exact k nearest training points of every query.
+
+    Args:
+      train_x: [N, ...] training points (images are flattened), any integer, bool or float dtype.
+      queries: [Q, ...] query points with the same number of features.
+      k: neighbours per query, 1 <= k <= N.
+      metric: "l1" (sum of absolute differences) or "l2" (Euclidean distance).
+      mesh: 1-D mesh with axis "data" the training set is split over (default: all devices, ``default_mesh``).
+      query_block, train_block: tile shape (default: chosen by ``block_plan``).
+      memory_budget_bytes: working memory per device beyond the inputs that the blocks must fit.
+
+    Returns:
+      (distances [Q, k], indices [Q, k] int32) sorted by distance, equal distances by the lower training index.
+      L1 distances of integer inputs are int32 (exact); L2 distances are the Euclidean distance in float32
+      (the square root of the exact integer squared distance for integer inputs; float64 under x64).
+    """
+    train2d, queries2d, mode, mesh, plan = _prepare(
+        train_x, queries, k, metric, mesh, query_block, train_block, memory_budget_bytes
+    )
+    n_train = train2d.shape[0]
+    platform = mesh.devices.flat[0].platform
+    search = _compiled_search(mesh, int(k), metric, mode, plan, n_train, platform)
+    train_global = _place_train(train2d, mesh, plan.train_per_device * plan.num_devices)
+    queries_global = _place_queries(queries2d, mesh)
+    return search(train_global, queries_global)
+
+
+def lowered_search(
+    train_shape: tuple[int, int],
+    train_dtype,
+    query_shape: tuple[int, int],
+    query_dtype=None,
+    *,
+    k: int,
+    metric: str = "l2",
+    mesh: jax.sharding.Mesh | None = None,
+    query_block: int | None = None,
+    train_block: int | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+):
+    """The search for abstract inputs, lowered but not run: ``.compile().memory_analysis()`` gives its memory
+    without allocating the data (how the tests check that a CIFAR-size problem fits its budget).
+    Integer dtypes are assumed to be 8-bit images (the exact small-integer path). Returns (lowered, plan)."""
+    query_dtype = train_dtype if query_dtype is None else query_dtype
+    mesh = mesh if mesh is not None else default_mesh()
+    _check_metric(metric)
+    floating = np.issubdtype(np.dtype(train_dtype), np.floating) or np.issubdtype(np.dtype(query_dtype), np.floating)
+    mode = _Mode("float") if floating else _Mode("small_int", offset=0)
+    plan = block_plan(
+        train_shape[0], query_shape[0], train_shape[1], k=k, metric=metric, mode=mode.kind,
+        num_devices=mesh.devices.size, query_block=query_block, train_block=train_block,
+        memory_budget_bytes=memory_budget_bytes,
+    )
+    search = _compiled_search(mesh, int(k), metric, mode, plan, train_shape[0], mesh.devices.flat[0].platform)
+    n_padded = plan.train_per_device * plan.num_devices
+    train = jax.ShapeDtypeStruct((n_padded, train_shape[1]), train_dtype, sharding=NamedSharding(mesh, P(_MESH_AXIS, None)))
+    q = jax.ShapeDtypeStruct(tuple(query_shape), query_dtype, sharding=NamedSharding(mesh, P()))
+    return search.lower(train, q), plan
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Voting, prediction, cross-validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_labels(train_y, n_train: int) -> np.ndarray:
+    labels = np.asarray(train_y)
+    if labels.ndim != 1 or labels.shape[0] != n_train:
+        raise ValueError(f"train_y must have shape [{n_train}] (one label per training point), got {labels.shape}.")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise TypeError(
+            f"train_y must hold integer class labels, got dtype {labels.dtype}; convert with astype(np.int32) "
+            "(or encode string labels with np.unique(..., return_inverse=True))."
+        )
+    return labels
+
+
+def vote(neighbour_labels, num_classes: int, *, tie_break: str = "nearest"):
+    """Majority vote over neighbour labels [Q, k] in 0..num_classes-1, ordered nearest first.
+
+    tie_break "smallest_label": the smallest tied label (scikit-learn's rule); "nearest": the tied class whose
+    closest member comes first in the list. Returns labels [Q] int32.
+    """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"Unknown tie_break {tie_break!r}; known: {list(TIE_BREAKS)}.")
+    neighbour_labels = jnp.asarray(neighbour_labels, jnp.int32)
+    counts = jnp.sum(jax.nn.one_hot(neighbour_labels, num_classes, dtype=jnp.int32), axis=1)  # [Q, C]
+    if tie_break == "smallest_label":
+        return jnp.argmax(counts, axis=1).astype(jnp.int32)
+    top = jnp.max(counts, axis=1, keepdims=True)
+    tied = jnp.take_along_axis(counts, neighbour_labels, axis=1) == top  # [Q, k]: neighbour's class is tied
+    first = jnp.argmax(tied, axis=1)
+    return jnp.take_along_axis(neighbour_labels, first[:, None], axis=1)[:, 0]
+
+
+def predict(
+    train_x,
+    train_y,
+    queries,
+    *,
+    k: int,
+    metric: str = "l2",
+    tie_break: str = "nearest",
+    **search_options,
+):
+    """Majority label of the k nearest training points of every query.
+
+    Args: as ``nearest`` plus train_y [N] integer labels and ``tie_break`` ("nearest" or "smallest_label",
+    see ``vote``; with "smallest_label" predictions equal scikit-learn's KNeighborsClassifier(algorithm="brute")).
+    Returns: labels [Q] as a numpy array of train_y's dtype.
+    """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"Unknown tie_break {tie_break!r}; known: {list(TIE_BREAKS)}.")
+    n_train = np.shape(train_x)[0] if np.ndim(train_x) else 0
+    labels = _check_labels(train_y, n_train)
+    classes, encoded = np.unique(labels, return_inverse=True)
+    _, indices = nearest(train_x, queries, k=k, metric=metric, **search_options)
+    neighbour_labels = jnp.asarray(encoded.astype(np.int32))[indices]
+    return classes[np.asarray(vote(neighbour_labels, len(classes), tie_break=tie_break))]
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """A seeded shuffled split of range(n) into ``folds`` disjoint parts of sizes differing by at most one."""
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
+        raise ValueError(f"folds must be an integer between 2 and the number of training points ({n}), got {folds}.")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
+@dataclasses.dataclass
+class CrossValidation:
+    """Accuracies of k-fold cross-validation.
+
+    accuracy: [len(ks), len(metrics), folds] fraction correct on each held-out fold.
+    mean, std: [len(ks), len(metrics)] over folds (std with ddof=0).
+    best_k, best_metric, best_accuracy: the pair with the highest mean (ties: smaller k, then metric order).
+    """
+
+    ks: list[int]
+    metrics: list[str]
+    folds: int
+    seed: int
+    accuracy: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    best_k: int
+    best_metric: str
+    best_accuracy: float
+
+    def to_dict(self) -> dict:
+        return {
+            "ks": list(self.ks),
+            "metrics": list(self.metrics),
+            "folds": self.folds,
+            "seed": self.seed,
+            "accuracy": self.accuracy.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "best": {"k": self.best_k, "metric": self.best_metric, "mean_accuracy": self.best_accuracy},
+        }
+
+
+def cross_validate(
+    train_x,
+    train_y,
+    *,
+    ks: Sequence[int],
+    metrics: Sequence[str] = METRICS,
+    folds: int = 5,
+    seed: int = 0,
+    tie_break: str = "nearest",
+    **search_options,
+) -> CrossValidation:
+    """n-fold cross-validation of k and the metric.
+
+    For each fold and metric the neighbours are searched once, for the largest k; every smaller k votes over
+    a prefix of that list (the k nearest are the first k of the max(ks) nearest), so the cost is
+    folds x metrics searches whatever the number of ks.
+    """
+    train2d, _ = _as_2d(train_x, "train_x")
+    n = train2d.shape[0]
+    labels = _check_labels(train_y, n)
+    ks = [int(k) for k in ks]
+    metrics = [_check_metric(m) for m in metrics]
+    if not ks or not metrics:
+        raise ValueError("ks and metrics must each name at least one value.")
+    parts = fold_indices(n, folds, seed)
+    smallest_train = n - max(len(p) for p in parts)
+    if min(ks) < 1 or max(ks) > smallest_train:
+        raise ValueError(f"every k must be between 1 and the training fold size ({smallest_train}), got {ks}.")
+    classes, encoded = np.unique(labels, return_inverse=True)
+    encoded = encoded.astype(np.int32)
+    host = np.asarray(train2d) if not isinstance(train2d, np.ndarray) else train2d
+    accuracy = np.zeros((len(ks), len(metrics), folds))
+    k_max = max(ks)
+    for f, held_out in enumerate(parts):
+        keep = np.ones(n, bool)
+        keep[held_out] = False
+        fold_x, fold_y = host[keep], encoded[keep]
+        val_x, val_y = host[held_out], encoded[held_out]
+        for m, metric in enumerate(metrics):
+            _, idx = nearest(fold_x, val_x, k=k_max, metric=metric, **search_options)
+            neighbour_labels = jnp.asarray(fold_y)[idx]
+            for j, k in enumerate(ks):
+                predicted = np.asarray(vote(neighbour_labels[:, :k], len(classes), tie_break=tie_break))
+                accuracy[j, m, f] = float(np.mean(predicted == val_y))
+    mean, std = accuracy.mean(axis=2), accuracy.std(axis=2)
+    order = [(-mean[j, m], ks[j], m) for j in range(len(ks)) for m in range(len(metrics))]
+    _, best_k, best_m = min(order)
+    return CrossValidation(
+        ks=ks, metrics=metrics, folds=folds, seed=seed, accuracy=accuracy, mean=mean, std=std,
+        best_k=best_k, best_metric=metrics[best_m], best_accuracy=float(mean[ks.index(best_k), best_m]),
+    )
