@@ -49,7 +49,8 @@ class AlexNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = common.checked_input(self, x, model_name="alexnet", min_size=self.min_size,
-                                 input_channels=self.input_channels)
+                                 input_channels=self.input_channels,
+                                 too_small_hint="For 28x28 or 32x32 images use alexnet_cifar.")
         c = lambda f, k, s, p, name: common.conv(f, k, stride=s, padding=p, dtype=self.dtype, name=name)
         pool = lambda y: nn.max_pool(y, (3, 3), strides=(2, 2))
         x = pool(nn.relu(c(64, 11, 4, 2, common.STEM_CONV_NAME)(x)))

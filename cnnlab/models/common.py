@@ -37,6 +37,7 @@ def check_images(
     channels: int | None = None,
     allowed_sizes: tuple[int, ...] | None = None,
     channels_from_params: bool = False,
+    too_small_hint: str = "",
 ) -> None:
     """Raise a clear error unless ``x`` is an NHWC float batch the model can take.
 
@@ -80,7 +81,7 @@ def check_images(
     if height < min_size or width < min_size:
         raise ValueError(
             f"{model_name}: images of {height}x{width} are too small for this architecture; the smallest "
-            f"size it accepts is {min_size}x{min_size}."
+            f"size it accepts is {min_size}x{min_size}.{(' ' + too_small_hint) if too_small_hint else ''}"
         )
 
 
@@ -110,6 +111,7 @@ def checked_input(
     input_channels: int | None,
     allowed_sizes: tuple[int, ...] | None = None,
     stem_path: tuple[str, ...] = (STEM_CONV_NAME,),
+    too_small_hint: str = "",
 ) -> jax.Array:
     """Validate images (rank, dtype, channels, size) and cast them to ``module.dtype``."""
     channels, from_params = input_channels, False
@@ -117,7 +119,7 @@ def checked_input(
         channels = stem_input_channels(module, x, stem_path)
         from_params = channels is not None
     check_images(x, model_name=model_name, min_size=min_size, channels=channels, allowed_sizes=allowed_sizes,
-                 channels_from_params=from_params)
+                 channels_from_params=from_params, too_small_hint=too_small_hint)
     return jnp.asarray(x, module.dtype)
 
 

@@ -98,7 +98,9 @@ class DenseNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = common.checked_input(self, x, model_name="DenseNet", min_size=self.min_size,
-                                 input_channels=self.input_channels)
+                                 input_channels=self.input_channels,
+                                 too_small_hint="" if (self.cifar_stem or self.small_input) else
+                                 "Build it with small_input=True for 28x28 or 32x32 images.")
         if self.cifar_stem or self.small_input:
             x = common.conv(self.num_init_features, 3, padding=1, use_bias=False, dtype=self.dtype,
                             name=common.STEM_CONV_NAME)(x)

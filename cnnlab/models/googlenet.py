@@ -136,7 +136,9 @@ class GoogLeNet(nn.Module):
         if self.branch5x5_kernel not in (3, 5):
             raise ValueError(f"googlenet: branch5x5_kernel must be 3 or 5, got {self.branch5x5_kernel}.")
         x = common.checked_input(self, x, model_name="googlenet", min_size=self.min_size,
-                                 input_channels=self.input_channels, stem_path=("conv1", common.STEM_CONV_NAME))
+                                 input_channels=self.input_channels, stem_path=("conv1", common.STEM_CONV_NAME),
+                                 too_small_hint="" if self.small_input else
+                                 "Build it with small_input=True for smaller images (down to 4x4).")
         inception = lambda name: Inception(*INCEPTION_CONFIGS[name], branch5x5_kernel=self.branch5x5_kernel,
                                            dtype=self.dtype, name=f"inception{name}")
         if self.small_input:

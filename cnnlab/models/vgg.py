@@ -58,7 +58,8 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = common.checked_input(self, x, model_name="VGG", min_size=self.min_size,
-                                 input_channels=self.input_channels)
+                                 input_channels=self.input_channels,
+                                 too_small_hint="Zero-pad smaller images (e.g. 28x28 by 2 pixels per side).")
         stage, conv_index = 1, 0
         for value in self.config:
             if value == "M":
