@@ -1,0 +1,84 @@
+"""Gonzalez & Woods texture statistics of the grey-level histogram of one image.
+
+With ``L = levels`` grey levels ``z_i = 0..L-1`` (see ``binarize.quantize``) and ``p_i`` the fraction of pixels at
+level ``z_i`` (the whole image, not only the foreground):
+
+* ``mean``         m = sum z_i p_i                         (grey levels)
+* ``std``          sigma = sqrt(mu2), mu_n = sum (z_i - m)^n p_i
+* ``smoothness``   R = 1 - 1 / (1 + mu2 / (L-1)^2)          (0 for a constant image, towards 1 for rough ones)
+* ``third_moment`` mu3 / (L-1)^2                            (skewness of the histogram, normalised)
+* ``uniformity``   U = sum p_i^2                            (1 for a constant image)
+* ``entropy``      e = -sum p_i log2 p_i                    (bits; 0 log 0 = 0)
+
+Every value is defined for every image (a constant image gives std 0, R 0, third moment 0, U 1, e 0).
+With L = 256, standard deviations 11.79, 74.63 and 33.73 give R = 0.002, 0.079 and 0.017 (G&W's table).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cnnlab.descriptors import binarize
+
+NAMES = ("mean", "std", "smoothness", "third_moment", "uniformity", "entropy")
+
+
+def histogram_statistics(probabilities: jax.Array) -> dict[str, jax.Array]:
+    """The six statistics from a normalised histogram ``p`` float ``[L]`` (sums to 1); L = len(p)."""
+    p = jnp.asarray(probabilities, dtype=jnp.float32)
+    levels = p.shape[-1]
+    z = jnp.arange(levels, dtype=jnp.float32)
+    mean = jnp.sum(z * p)
+    centred = z - mean
+    variance = jnp.sum(centred**2 * p)
+    mu3 = jnp.sum(centred**3 * p)
+    scale = float(levels - 1) ** 2
+    safe_p = jnp.where(p > 0, p, 1.0)
+    return {
+        "mean": mean,
+        "std": jnp.sqrt(variance),
+        "smoothness": 1.0 - 1.0 / (1.0 + variance / scale),
+        "third_moment": mu3 / scale,
+        "uniformity": jnp.sum(p**2),
+        "entropy": -jnp.sum(jnp.where(p > 0, p * jnp.log2(safe_p), 0.0)),
+    }
+
+
+def statistics(image: jax.Array, levels: int = 256) -> dict[str, jax.Array]:
+    """The six G&W statistics of one image ``[H, W]`` (uint8 or float in [0, 1]); float32 scalars."""
+    image = jnp.asarray(image)
+    binarize.check_image(image)
+    grey = binarize.quantize(image, levels)
+    counts = binarize.histogram(grey, levels).astype(jnp.float32)
+    return histogram_statistics(counts / grey.size)
+
+
+def mean(image, levels: int = 256):
+    """Mean grey level m (in levels 0..L-1)."""
+    return statistics(image, levels)["mean"]
+
+
+def std(image, levels: int = 256):
+    """Standard deviation of the grey levels."""
+    return statistics(image, levels)["std"]
+
+
+def smoothness(image, levels: int = 256):
+    """R = 1 - 1/(1 + variance/(L-1)^2)."""
+    return statistics(image, levels)["smoothness"]
+
+
+def third_moment(image, levels: int = 256):
+    """mu3 / (L-1)^2."""
+    return statistics(image, levels)["third_moment"]
+
+
+def uniformity(image, levels: int = 256):
+    """sum p^2."""
+    return statistics(image, levels)["uniformity"]
+
+
+def entropy(image, levels: int = 256):
+    """-sum p log2 p (bits)."""
+    return statistics(image, levels)["entropy"]
