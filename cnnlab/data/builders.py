@@ -323,7 +323,8 @@ class CnnlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         spec = self.spec()
-        features = {"image": tfds.features.Tensor(shape=spec.image_shape, dtype=np.uint8),
+        features = {"image": tfds.features.Tensor(shape=spec.image_shape, dtype=np.uint8,
+                                                   encoding=tfds.features.Encoding.BYTES),
                     "label": tfds.features.ClassLabel(names=spec.class_names)}
         for key, names in spec.extra_class_names.items():
             features[key] = tfds.features.ClassLabel(names=names)

@@ -290,3 +290,23 @@ def test_cli_list_and_prepare_all(tmp_path, rng, capsys):
     assert cli.main(["prepare", "cifar10", *args]) == 1  # named explicitly and missing: a failure
     assert cli.main(["prepare", "nope", *args]) == 2
     assert "valid names: cifar10" in capsys.readouterr().err
+
+
+def test_bulk_decoder_equals_tfds_decoding(tmp_path, rng):
+    from cnnlab.data import loading
+
+    train = (random_images(rng, 7, (32, 32, 3)), rng.integers(0, 100, 7), rng.integers(0, 20, 7))
+    write_folder(tmp_path / "manual", "cifar-100-python",
+                 cifar100_python_members(train, train, builders.CIFAR100_FINE_CLASSES,
+                                         builders.CIFAR100_COARSE_CLASSES))
+    data.prepare("cifar100", data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    builder = builders.CnnlabCifar100(data_dir=str(tmp_path / "dd"))
+    source = builder.as_data_source(split="train")  # TFDS's own decoding, record by record
+    records = source.data_source.__getitems__(list(range(7)))
+    bulk = loading.decode_records(records, builder.info.features)
+    reference = [source[i] for i in range(7)]
+    assert set(bulk) == {"image", "label", "coarse_label"}
+    for key in bulk:
+        np.testing.assert_array_equal(bulk[key], np.stack([r[key] for r in reference]))
+        assert bulk[key].dtype == np.stack([r[key] for r in reference]).dtype
+    np.testing.assert_array_equal(bulk["image"], train[0])
