@@ -168,8 +168,10 @@ def _working_bytes(metric: str, mode: str, qb: int, tb: int, dim: int, k: int, n
     state = num_queries * k * 8 * 3  # running distances + indices, the updated copy, the final gather
     candidates = qb * min(tb, k * _GROUP) * 8 * 3 + qb * (tb // _GROUP) * 8
     if metric == "l2" and mode != "int":
-        blocks = (tb + qb) * dim * 4 + tb * 8  # converted train and query blocks, norms
-        tiles = 4 * tile  # float dot, int dot sum, distance, top-k key
+        # sliced and converted train and query blocks (XLA keeps two copies of the converted block: the loop
+        # carries it into the query loop), norms
+        blocks = (tb + qb) * dim * (2 * 4 + 1) + tb * 8
+        tiles = 5 * tile  # float dot, int dot sum, distance, top-k key
     else:
         blocks = (tb + qb) * _round_up(dim, _L1_CHUNK) * 4 * 2  # transposed/converted blocks (+ padding copy)
         tiles = 4 * tile + 2 * tile  # micro-tile outputs, their transpose, distance, key
@@ -303,15 +305,16 @@ def _kernel_for(metric: str, mode: _Mode, platform: str, dim: int, dist_dtype) -
             return jnp.sum(c * c, axis=1, dtype=jnp.int32)
 
         def prepare(x):
-            c = _centred(x, mode, dtype)
-            return c, norms(c)
+            # Feature chunks as separate contiguous arrays, made once per block (not sliced per tile).
+            chunks = tuple(_centred(x[:, lo : lo + chunk], mode, dtype) for lo in range(0, dim, chunk))
+            return chunks, norms(_centred(x, mode, jnp.int32))
 
         def tile(q, x):
-            (qc, qn), (xc, xn) = q, x
+            (q_chunks, qn), (x_chunks, xn) = q, x
             dot = None
-            for lo in range(0, dim, chunk):
+            for qc, xc in zip(q_chunks, x_chunks):
                 part = lax.dot_general(
-                    qc[:, lo : lo + chunk], xc[:, lo : lo + chunk], (((1,), (1,)), ((), ())),
+                    qc, xc, (((1,), (1,)), ((), ())),
                     preferred_element_type=jnp.float32, precision=lax.Precision.HIGHEST,
                 ).astype(jnp.int32)
                 dot = part if dot is None else dot + part
