@@ -108,9 +108,9 @@ def put_host_batch(batch: dict[str, np.ndarray], mesh: Mesh, *, leading_unsharde
     return out
 
 
-def device_description() -> str:
-    """A short description of the devices this run uses, e.g. ``'8 x cpu (cpu), 1 process'``."""
-    devices = jax.devices()
+def device_description(mesh: Mesh | None = None) -> str:
+    """A short description of the devices a run uses (``mesh``'s, default all), e.g. ``'8 x cpu (cpu), 1 process'``."""
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     return (f"{len(devices)} x {'/'.join(kinds)} ({devices[0].platform}), "
             f"{jax.process_count()} process{'es' if jax.process_count() > 1 else ''}")

@@ -68,7 +68,9 @@ class Checkpoints:
             preservation_policy=policy, best_fn=lambda m: m["eval_accuracy"], best_mode="max",
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
         try:
-            self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
         except Exception as e:  # noqa: BLE001 - re-raised with the directory and what to do
             raise CheckpointError(
                 f"Cannot open the checkpoint directory {self.directory}: {type(e).__name__}: {e}. It is corrupt or "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import os
 import time
@@ -84,6 +85,9 @@ def validate_config(config) -> None:
     for name in ("eval_batch_size", "log_every_steps", "steps_per_dispatch", "keep_checkpoints"):
         if name in config:
             positive_int(name)
+    for name in ("num_devices", "image_size"):
+        if name in config:
+            positive_int(name, allow_zero=True)
     if config.num_epochs == 0 and config.num_train_steps == 0:
         raise ValueError("Set config.num_epochs > 0 or config.num_train_steps > 0 (the latter overrides epochs).")
     if not (isinstance(config.learning_rate, (int, float)) and math.isfinite(config.learning_rate)
@@ -136,7 +140,10 @@ class _Run:
 def _setup(config, workdir: str) -> _Run:
     validate_config(config)
     parallel.maybe_initialize_distributed(config)
-    mesh = parallel.make_data_mesh()
+    num_devices = int(config.get("num_devices", 0) or 0)
+    if num_devices > jax.device_count():
+        raise ValueError(f"config.num_devices={num_devices} but only {jax.device_count()} devices exist.")
+    mesh = parallel.make_data_mesh(jax.devices()[:num_devices] if num_devices else None)
     parallel.check_batch_divisible(config.batch_size, mesh, "batch_size")
     eval_batch_size = int(config.get("eval_batch_size", config.batch_size))
     parallel.check_batch_divisible(eval_batch_size, mesh, "eval_batch_size")
@@ -263,6 +270,19 @@ def _raise_if_nonfinite(run: _Run, host_metrics, checkpoints) -> None:
             "config.grad_clip_norm, or check the data.")
 
 
+class _QuietOrbax(logging.Filter):
+    """Drops Orbax's INFO chatter (several lines per save) from the absl log; its warnings and errors stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _quiet_orbax_logs() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+        logger.addFilter(_QuietOrbax())
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains ``config.model`` on ``config.dataset`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -271,8 +291,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     num_params, device, steps, epochs, train_images_per_s, report (path of report.md).
     """
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    _quiet_orbax_logs()
     run = _setup(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
     checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                              keep=int(config.get("keep_checkpoints", 2)))
     try:
@@ -382,7 +403,7 @@ def _train(run: _Run, checkpoints) -> dict:
         "train_time_s": train_time_s,
         "inference_s_per_1000": timed["eval_seconds"] / max(timed["eval_count"], 1) * 1000.0,
         "num_params": state_lib.num_params(state.params),
-        "device": parallel.device_description(),
+        "device": parallel.device_description(run.mesh),
         "steps": total, "epochs": total / spe,
         "train_images_per_s": total * config.batch_size / max(train_time_s, 1e-9),
         "model": config.model, "dataset": config.dataset,
@@ -453,6 +474,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     Raises FileNotFoundError when the workdir has no checkpoint, CheckpointError when it does not fit ``config``.
     """
     workdir = os.path.abspath(workdir)
+    _quiet_orbax_logs()
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"No checkpoints in {directory}: train first with the same config and --workdir.")

@@ -72,9 +72,11 @@ def make_schedule(config, *, steps_per_epoch: int, total_steps: int) -> optax.Sc
         factor = float(config.get("lr_decay_factor", 0.1))
         schedule = optax.piecewise_constant_schedule(lr, {b: factor for b in sorted(boundaries)})
     elif name == "cosine":
-        end = lr * float(config.get("final_lr_fraction", 0.0))
+        fraction = float(config.get("final_lr_fraction", 0.0))
+        if warmup == 0:
+            return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=fraction)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup,
-                                                  decay_steps=max(total_steps, warmup + 1), end_value=end)
+                                                  decay_steps=max(total_steps, warmup + 1), end_value=lr * fraction)
     elif name == "onecycle":
         return optax.cosine_onecycle_schedule(max(total_steps, 1), lr,
                                               pct_start=float(config.get("onecycle_pct_start", 0.3)))

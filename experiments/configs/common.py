@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000        # plus one at every epoch end; 0: epoch ends only
     c.keep_checkpoints = 2                 # latest N kept, plus the best by eval accuracy
     c.report = True                        # write plots and report.md at the end
+    c.num_devices = 0                      # 0: every device; n: the first n (tests, 1-vs-N comparisons)
     c.multihost = False                    # call jax.distributed.initialize() (also on JAX_COORDINATOR_ADDRESS)
     return c
 
