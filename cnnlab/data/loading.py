@@ -74,6 +74,10 @@ class DatasetInfo:
     extra_class_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
+def _train_first(sizes: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(sizes.items(), key=lambda item: (item[0] != "train", item[0] != "test", item[0])))
+
+
 def names() -> list[str]:
     """The dataset names cnnlab knows, sorted."""
     return sorted(builders.SPECS)
@@ -276,7 +280,7 @@ def info(name: str, *, data_dir=None) -> DatasetInfo:
         sizes, mean, std, source = dict(spec.split_sizes), spec.published_mean, spec.published_std, \
             spec.stats_source
     return DatasetInfo(spec.name, spec.image_shape, len(spec.class_names), list(spec.class_names),
-                       dict(sorted(sizes.items())), mean, std, source, prepared,
+                       _train_first(sizes), mean, std, source, prepared,
                        os.fspath(builder.data_dir) if prepared else None,
                        {k: list(v) for k, v in spec.extra_class_names.items()})
 
@@ -305,6 +309,6 @@ def status(*, data_dir=None, manual_dir=None) -> list[Status]:
         sizes = ({s: i.num_examples for s, i in builder.info.splits.items()} if prepared
                  else dict(spec.split_sizes))
         location = spec.find_raw(manual)
-        rows.append(Status(name, prepared, os.fspath(builder.data_dir), dict(sorted(sizes.items())),
+        rows.append(Status(name, prepared, os.fspath(builder.data_dir), _train_first(sizes),
                            location.description if location else None, _install_hint(spec, manual)))
     return rows

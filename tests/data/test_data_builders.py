@@ -271,18 +271,18 @@ def test_cli_list_and_prepare_all(tmp_path, rng, capsys):
     listing = capsys.readouterr().out
     for name in data.names():
         assert name in listing
-    assert "mnist          not prepared  test 10,000, train 60,000" in listing
+    assert "mnist          not prepared  train 60,000, test 10,000" in listing
     assert "sudo apt-get install dataset-fashion-mnist" in listing
 
     assert cli.main(["prepare", "--all", *args]) == 0
     out = capsys.readouterr().out
-    assert "mnist: prepared in" in out and "(test 12, train 30)" in out and "digits: prepared in" in out
+    assert "mnist: prepared in" in out and "(train 30, test 12)" in out and "digits: prepared in" in out
     assert "fashion_mnist: skipped, raw files not found" in out and "cifar100: skipped" in out
     assert data.is_prepared("mnist", data_dir=tmp_path / "dd")
 
     assert cli.main(args) == 0
     listing = capsys.readouterr().out
-    assert f"mnist          prepared      test 12, train 30" in listing
+    assert "mnist          prepared      train 30, test 12" in listing
     assert str(tmp_path / "dd" / "cnnlab_mnist" / "1.0.0") in listing
 
     assert cli.main(["prepare", "mnist", *args]) == 0

@@ -328,3 +328,15 @@ def test_mnist_pkl_corrupt(tmp_path, rng):
     path.write_bytes(gzip.compress(__import__("pickle").dumps(parts))[:-200])
     with pytest.raises(RawFormatError, match="truncated"):
         formats.read_mnist_pkl_gz(path)
+
+
+def test_writers_are_inverse_of_readers(tmp_path, rng):
+    from _data_rawfiles import cifar_rows
+
+    images = random_images(rng, 3, (28, 28))
+    for name in ("x-idx3-ubyte.gz", "x-idx3-ubyte"):
+        formats.write_idx(tmp_path / name, images)
+        np.testing.assert_array_equal(formats.read_idx(tmp_path / name), images)
+        assert (tmp_path / name).read_bytes()[:2] == (b"\x1f\x8b" if name.endswith(".gz") else b"\0\0")
+    color = random_images(rng, 2, (32, 32, 3))
+    np.testing.assert_array_equal(formats.cifar_rows(color), cifar_rows(color))
