@@ -114,7 +114,15 @@ def _check_metric(metric: str) -> str:
 def _mode_for(train_x, queries, metric: str) -> _Mode:
     """Chooses the exact arithmetic for the dtypes and value range of both inputs (host-side, before jit)."""
     dtypes = [np.dtype(train_x.dtype), np.dtype(queries.dtype)]
+    dim = math.prod(train_x.shape[1:])
     if any(np.issubdtype(d, np.floating) for d in dtypes):
+        largest = max(abs(v) for v in (*_value_range(train_x), *_value_range(queries)))
+        float_max = float(jnp.finfo(_dist_dtype(_Mode("float"))).max)
+        if dim * (2 * largest) ** 2 >= float_max:
+            raise ValueError(
+                f"Float inputs as large as {largest:g} can overflow the {metric} distance over {dim} features; "
+                "rescale the data (e.g. to [0, 1])."
+            )
         return _Mode("float")
     if all(d in (np.dtype(np.uint8), np.dtype(np.bool_)) for d in dtypes):
         lo, hi = 0, 255
@@ -123,7 +131,6 @@ def _mode_for(train_x, queries, metric: str) -> _Mode:
         lo_q, hi_q = _value_range(queries)
         lo, hi = int(min(lo_t, lo_q)), int(max(hi_t, hi_q))
     span = hi - lo
-    dim = math.prod(train_x.shape[1:])
     worst = dim * (span if metric == "l1" else span * span)
     if worst < _KEY_LIMIT[4]:
         return _Mode("small_int", offset=lo) if span <= 255 else _Mode("int", offset=lo, int_dtype=jnp.int32)
@@ -416,6 +423,9 @@ def _smallest_k(dist, k: int):
     (group minimum, group index) -- any entry outside them is beaten by the minima of k other groups, each
     smaller, or equal and at a lower column -- so only k * _GROUP candidates reach ``lax.top_k``."""
     rows, cols = dist.shape
+    if cols < k:  # a device slice smaller than k: the missing entries are +inf and lose every comparison
+        dist = jnp.pad(dist, ((0, 0), (0, k - cols)), constant_values=jnp.inf)
+        cols = k
     if k * _GROUP * 2 > cols or cols % _GROUP:
         neg, col = lax.top_k(-dist, k)  # stable: equal values keep the lower column first
         return -neg, col

@@ -1,0 +1,263 @@
+"""cnnlab.knn against a brute-force numpy reference (int64 / float64), scikit-learn, 1 vs 8 devices, memory."""
+
+import jax
+import numpy as np
+import pytest
+from sklearn.neighbors import KNeighborsClassifier
+
+from cnnlab import knn
+
+
+def reference_nearest(train_x, queries, k, metric):
+    """Brute force in int64 (integer inputs) or float64: every distance, then a (distance, index) sort."""
+    exact_int = np.issubdtype(train_x.dtype, np.integer) or train_x.dtype == np.bool_
+    dtype = np.int64 if exact_int else np.float64
+    x = train_x.reshape(len(train_x), -1).astype(dtype)
+    q = queries.reshape(len(queries), -1).astype(dtype)
+    diff = q[:, None, :] - x[None, :, :]
+    dist = np.abs(diff).sum(-1) if metric == "l1" else (diff * diff).sum(-1)
+    index = np.broadcast_to(np.arange(len(x)), dist.shape)
+    order = np.lexsort((index, dist), axis=-1)[:, :k]
+    return np.take_along_axis(dist, order, axis=1), order
+
+
+def one_device_mesh():
+    return knn.default_mesh(jax.devices()[:1])
+
+
+def test_conftest_gives_eight_devices():
+    assert len(jax.devices()) == 8
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+@pytest.mark.parametrize(
+    "dtype, low, high",
+    [
+        (np.uint8, 0, 256),  # the image path: exact float16 L1 / float32-accumulated L2 on centred values
+        (np.uint8, 0, 3),  # few values: many equal distances (ties broken by the lower index)
+        (np.int16, -40, 160),  # small range at an offset: same exact paths after shifting
+        (np.int32, -2000, 2000),  # wide range: direct int32 differences
+        (np.bool_, 0, 2),
+    ],
+)
+def test_exact_against_bruteforce_on_1_and_8_devices(metric, dtype, low, high):
+    rng = np.random.default_rng(0)
+    train = rng.integers(low, high, (203, 5, 5)).astype(dtype)  # 203: ragged training blocks and device slices
+    train[50] = train[7]  # exact duplicates: equal distances to every query
+    train[190] = train[7]
+    queries = rng.integers(low, high, (37, 5, 5)).astype(dtype)
+    queries[3] = train[7]  # distance 0 to three training points
+    k = 9
+    want_d, want_i = reference_nearest(train, queries, k, metric)
+    for mesh in (one_device_mesh(), knn.default_mesh()):
+        d, i = knn.nearest(train, queries, k=k, metric=metric, mesh=mesh, query_block=16, train_block=32)
+        np.testing.assert_array_equal(np.asarray(i), want_i)
+        if metric == "l1":
+            assert np.asarray(d).dtype == np.int32
+            np.testing.assert_array_equal(np.asarray(d), want_d)
+        else:
+            np.testing.assert_allclose(np.asarray(d), np.sqrt(want_d), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(i)[3, :3], [7, 50, 190])
+
+
+def test_uint8_extremes_are_exact_where_float32_expansion_would_round():
+    # Squared distances near 255^2 * 782 = 50.8e6 > 2^24 that differ by 1: a float32 |q|^2 - 2 q.x + |x|^2 has
+    # a spacing of 4 there and scrambles the order; cnnlab's must not.
+    pairs = [(5, 5), (0, 7), (7, 1), (1, 7), (3, 6), (6, 3), (2, 7), (4, 6), (7, 0), (6, 4), (0, 0), (1, 1)]
+    train = np.full((len(pairs), 784), 255, np.uint8)
+    train[:, :2] = pairs
+    queries = np.zeros((2, 784), np.uint8)
+    want_d, want_i = reference_nearest(train, queries, len(pairs), "l2")
+    naive = (train.astype(np.float32) ** 2).sum(1)  # |x|^2 - 2 q.x + |q|^2 with q = 0, in float32
+    assert not np.array_equal(np.lexsort((np.arange(len(pairs)), naive)), want_i[0])
+    for metric in ("l1", "l2"):
+        want_d, want_i = reference_nearest(train, queries, len(pairs), metric)
+        d, i = knn.nearest(train, queries, k=len(pairs), metric=metric, mesh=one_device_mesh())
+        np.testing.assert_array_equal(np.asarray(i), want_i)
+        if metric == "l1":
+            np.testing.assert_array_equal(np.asarray(d), want_d)
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+def test_float_inputs_match_float64_reference(metric):
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(150, 12)).astype(np.float32)
+    queries = rng.normal(size=(20, 12)).astype(np.float32)
+    want_d, want_i = reference_nearest(train, queries, 7, metric)
+    d, i = knn.nearest(train, queries, k=7, metric=metric, query_block=8, train_block=64)
+    np.testing.assert_array_equal(np.asarray(i), want_i)
+    want = want_d if metric == "l1" else np.sqrt(want_d)
+    np.testing.assert_allclose(np.asarray(d), want, rtol=1e-4, atol=1e-4)
+
+
+def test_k_equal_to_training_size_and_images_flattened():
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    queries = rng.integers(0, 256, (6, 48), dtype=np.uint8)  # same features, different shape
+    want_d, want_i = reference_nearest(train, queries, 40, "l2")
+    _, i = knn.nearest(train, queries, k=40, metric="l2")
+    np.testing.assert_array_equal(np.asarray(i), want_i)
+
+
+def test_vote_tie_breaks():
+    # Neighbours (nearest first) of one query: labels 3, 1, 1, 3 -> a 2-2 tie between classes 1 and 3.
+    labels = np.array([[3, 1, 1, 3], [2, 2, 0, 0], [0, 1, 2, 2]])
+    np.testing.assert_array_equal(np.asarray(knn.vote(labels, 4, tie_break="nearest")), [3, 2, 2])
+    np.testing.assert_array_equal(np.asarray(knn.vote(labels, 4, tie_break="smallest_label")), [1, 0, 2])
+
+
+def test_predict_tie_break_on_a_line():
+    train = np.array([[0], [1], [2], [3], [10]], np.int32)
+    labels = np.array([5, 2, 2, 5, 7])
+    query = np.array([[1]], np.int32)  # nearest: 1 (label 2); k=4 -> two 2s and two 5s
+    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="nearest")[0] == 2
+    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="smallest_label")[0] == 2
+    query = np.array([[0]], np.int32)  # nearest 0 (label 5), then 1 (2), 2 (2), 3 (5): tie 2 vs 5
+    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="nearest")[0] == 5
+    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="smallest_label")[0] == 2
+
+
+@pytest.mark.parametrize("metric, sklearn_metric", [("l1", "manhattan"), ("l2", "euclidean")])
+def test_smallest_label_predictions_equal_sklearn_brute(metric, sklearn_metric):
+    """Many k, with vote ties (4 classes, even k) and distance ties (values 0..15, 8 features). When the k-th and
+    (k+1)-th distances are equal the k nearest are not unique and scikit-learn's pick depends on its partition
+    order, so queries are compared where the k nearest are well defined (most of them) -- all of them on data
+    without such ties."""
+    rng = np.random.default_rng(4)
+    train = rng.integers(0, 16, (400, 8)).astype(np.uint8)
+    labels = rng.integers(0, 4, 400) * 3 + 1  # labels 1, 4, 7, 10: not 0..C-1
+    queries = rng.integers(0, 16, (150, 8)).astype(np.uint8)
+    want_d, _ = reference_nearest(train, queries, 41, metric)
+    ks = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40]
+    _, idx = knn.nearest(train, queries, k=40, metric=metric)
+    classes, encoded = np.unique(labels, return_inverse=True)
+    vote_ties = compared = tied_inside = 0
+    for k in ks:
+        ours = classes[np.asarray(knn.vote(encoded[np.asarray(idx)[:, :k]], 4, tie_break="smallest_label"))]
+        theirs = KNeighborsClassifier(n_neighbors=k, algorithm="brute", metric=sklearn_metric).fit(train, labels)
+        theirs = theirs.predict(queries)
+        defined = want_d[:, k - 1] < want_d[:, k]
+        np.testing.assert_array_equal(ours[defined], theirs[defined], err_msg=f"k={k}")
+        compared += defined.sum()
+        tied_inside += ((want_d[:, : k - 1] == want_d[:, 1:k]).any(1) & defined).sum()
+        counts = np.stack([(labels[np.asarray(idx)[:, :k]] == c).sum(1) for c in classes], 1)
+        vote_ties += ((counts == counts.max(1, keepdims=True)).sum(1) > 1)[defined].sum()
+    assert compared > 0.3 * len(ks) * len(queries)
+    assert vote_ties > 100 and tied_inside > 300  # both kinds of ties among the compared predictions
+    # predict itself (not only vote on a prefix) for a few k, on continuous-valued images (no distance ties).
+    train = rng.integers(0, 256, (300, 64)).astype(np.uint8)
+    queries = rng.integers(0, 256, (60, 64)).astype(np.uint8)
+    labels = rng.integers(0, 3, 300)
+    for k in (2, 4, 9):
+        theirs = KNeighborsClassifier(n_neighbors=k, algorithm="brute", metric=sklearn_metric).fit(train, labels)
+        ours = knn.predict(train, labels, queries, k=k, metric=metric, tie_break="smallest_label")
+        np.testing.assert_array_equal(ours, theirs.predict(queries))
+
+
+def test_sharded_digits_identical_on_1_and_8_devices():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).round().astype(np.uint8)
+    train, queries = images[:1500], images[1500:]
+    for metric in ("l1", "l2"):
+        one = knn.nearest(train, queries, k=10, metric=metric, mesh=one_device_mesh())
+        eight = knn.nearest(train, queries, k=10, metric=metric, mesh=knn.default_mesh())
+        np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(eight[1]))
+        np.testing.assert_array_equal(np.asarray(one[0]), np.asarray(eight[0]))
+        assert eight[1].sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("metric", ["l1", "l2"])
+def test_cifar_size_problem_fits_2_gib_and_budget_shrinks_blocks(metric):
+    """Compiled (not run): 50,000 x 3,072 uint8 training points, 10,000 queries. XLA's own memory analysis of
+    the program: working memory (temp buffers) within 2 GiB and within the plan's estimate."""
+    lowered, plan = knn.lowered_search((50_000, 3072), np.uint8, (10_000, 3072), k=10, metric=metric,
+                                       mesh=one_device_mesh())
+    stats = lowered.compile().memory_analysis()
+    assert stats.temp_size_in_bytes <= plan.working_bytes <= knn.DEFAULT_MEMORY_BUDGET_BYTES < 2 << 30
+    assert stats.argument_size_in_bytes == 50_000 * 3072 + 10_000 * 3072  # inputs are not copied
+    small_budget = 24 << 20
+    lowered, small = knn.lowered_search((50_000, 3072), np.uint8, (10_000, 3072), k=10, metric=metric,
+                                        mesh=one_device_mesh(), memory_budget_bytes=small_budget)
+    small_stats = lowered.compile().memory_analysis()
+    assert small.query_block * small.train_block < plan.query_block * plan.train_block
+    assert small_stats.temp_size_in_bytes <= small.working_bytes <= small_budget
+
+
+def test_block_plan_respects_budget_and_rejects_impossible_ones():
+    plan = knn.block_plan(60_000, 10_000, 784, k=10, metric="l2", memory_budget_bytes=8 << 20)
+    assert plan.working_bytes <= 8 << 20
+    assert plan.train_per_device == 60_000
+    assert knn.block_plan(60_000, 10_000, 784, k=10, num_devices=8).train_per_device == 7500
+    with pytest.raises(ValueError, match="too small"):
+        knn.block_plan(60_000, 10_000, 784, k=10, memory_budget_bytes=1000)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.zeros((10, 4), np.uint8)
+    y = np.arange(10)
+    with pytest.raises(ValueError, match="k must be between 1"):
+        knn.nearest(x, x, k=0)
+    with pytest.raises(ValueError, match="k must be between 1"):
+        knn.nearest(x, x, k=11)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        knn.nearest(x, x, k=2.5)
+    with pytest.raises(ValueError, match="features"):
+        knn.nearest(x, np.zeros((3, 5), np.uint8), k=1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        knn.nearest(x.astype(np.float32), np.array([[0, np.nan, 0, 0]], np.float32), k=1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        knn.nearest(np.full((10, 4), np.inf, np.float32), x.astype(np.float32), k=1)
+    with pytest.raises(ValueError, match="empty"):
+        knn.nearest(np.zeros((0, 4), np.uint8), x, k=1)
+    with pytest.raises(ValueError, match="empty"):
+        knn.nearest(x, np.zeros((0, 4), np.uint8), k=1)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        knn.nearest(np.zeros(10), x, k=1)
+    with pytest.raises(ValueError, match="Unknown metric 'cosine'"):
+        knn.nearest(x, x, k=1, metric="cosine")
+    with pytest.raises(TypeError, match="integer class labels"):
+        knn.predict(x, y.astype(np.float32), x, k=1)
+    with pytest.raises(TypeError, match="integer class labels"):
+        knn.predict(x, np.array(list("abcdefghij")), x, k=1)
+    with pytest.raises(ValueError, match="one label per training point"):
+        knn.predict(x, y[:5], x, k=1)
+    with pytest.raises(ValueError, match="Unknown tie_break"):
+        knn.predict(x, y, x, k=1, tie_break="random")
+    with pytest.raises(ValueError, match="beyond int32"):
+        knn.nearest(np.array([[0, 0]], np.int64), np.array([[2**40, 0]], np.int64), k=1)
+    with pytest.raises(ValueError, match="folds"):
+        knn.cross_validate(x, y, ks=[1], folds=1)
+    with pytest.raises(ValueError, match="every k"):
+        knn.cross_validate(x, y, ks=[9], folds=5)
+
+
+def test_cross_validate_structure_and_values():
+    rng = np.random.default_rng(5)
+    centres = rng.integers(0, 256, (3, 16))
+    labels = np.repeat(np.arange(3), 30)
+    points = np.clip(centres[labels] + rng.integers(-90, 90, (90, 16)), 0, 255).astype(np.uint8)
+    ks, metrics = [1, 3, 7], ["l1", "l2"]
+    cv = knn.cross_validate(points, labels, ks=ks, metrics=metrics, folds=3, seed=7)
+    assert cv.accuracy.shape == (3, 2, 3) and cv.mean.shape == cv.std.shape == (3, 2)
+    parts = knn.fold_indices(90, 3, 7)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(90))
+    assert {len(p) for p in parts} == {30}
+    # Every (k, metric, fold) against the brute-force reference with the "nearest" tie rule.
+    for f, held in enumerate(parts):
+        keep = np.setdiff1d(np.arange(90), held)
+        for m, metric in enumerate(metrics):
+            _, idx = reference_nearest(points[keep], points[held], 7, metric)
+            for j, k in enumerate(ks):
+                want = np.asarray(knn.vote(labels[keep][idx[:, :k]], 3, tie_break="nearest"))
+                assert cv.accuracy[j, m, f] == pytest.approx(np.mean(want == labels[held]))
+    np.testing.assert_allclose(cv.mean, cv.accuracy.mean(2))
+    np.testing.assert_allclose(cv.std, cv.accuracy.std(2))
+    assert cv.best_accuracy == pytest.approx(cv.mean.max())
+    assert cv.mean[ks.index(cv.best_k), metrics.index(cv.best_metric)] == cv.best_accuracy
+    assert 0.5 < cv.best_accuracy <= 1.0
+    summary = cv.to_dict()
+    assert summary["best"] == {"k": cv.best_k, "metric": cv.best_metric, "mean_accuracy": cv.best_accuracy}
+    again = knn.cross_validate(points, labels, ks=ks, metrics=metrics, folds=3, seed=7)
+    np.testing.assert_array_equal(again.accuracy, cv.accuracy)
