@@ -18,6 +18,9 @@ Formats:
     (float32 [n, 784] images with values k/256, int64 [n] labels), 50,000/10,000/10,000; cnnlab's train
     split is train followed by valid (60,000, the official training file's order), test is the official
     test set. Pixels are converted back to the exact uint8 k = x * 256.
+
+The pickled formats are read with ``pickle``, which can run code: only read archives from their
+official source (or files you wrote yourself).
 """
 
 from __future__ import annotations

@@ -90,11 +90,11 @@ def _spec(name: str) -> builders.DatasetSpec:
 
 
 def _data_dir(data_dir) -> Path:
-    return Path(data_dir).expanduser() if data_dir else builders.default_data_dir()
+    return (Path(data_dir).expanduser() if data_dir else builders.default_data_dir()).absolute()
 
 
 def _manual_dir(manual_dir, data_dir: Path) -> Path:
-    return Path(manual_dir).expanduser() if manual_dir else builders.default_manual_dir(data_dir)
+    return (Path(manual_dir).expanduser() if manual_dir else builders.default_manual_dir(data_dir)).absolute()
 
 
 def _builder(name: str, data_dir: Path) -> builders.CnnlabBuilder:
