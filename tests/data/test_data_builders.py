@@ -310,3 +310,15 @@ def test_bulk_decoder_equals_tfds_decoding(tmp_path, rng):
         np.testing.assert_array_equal(bulk[key], np.stack([r[key] for r in reference]))
         assert bulk[key].dtype == np.stack([r[key] for r in reference]).dtype
     np.testing.assert_array_equal(bulk["image"], train[0])
+
+
+def test_cli_bench_writes_json(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "digits", "--repeats", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["datasets"]["digits"]
+    assert (row["train_examples"], row["test_examples"]) == (1438, 359)
+    assert row["prepare_s"] > 0 and row["load_train_s"] > 0 and row["load_test_s"] > 0
+    assert "digits         prepare" in capsys.readouterr().out
+    assert not (tmp_path / "default_data_dir").exists()  # bench prepares into its own temporary data_dir
