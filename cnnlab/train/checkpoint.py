@@ -44,6 +44,12 @@ def _abstract_key_data(rng):
     return jax.ShapeDtypeStruct(shape, np.uint32, sharding=getattr(rng, "sharding", None))
 
 
+def _short(error: Exception, limit: int = 300) -> str:
+    """``Type: message`` cut to ``limit`` characters (tensorstore errors append a long JSON spec)."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def _flatten_with_paths(tree) -> dict[str, Any]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -68,12 +74,17 @@ class Checkpoints:
             preservation_policy=policy, best_fn=lambda m: m["eval_accuracy"], best_mode="max",
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
         try:
-            self.manager = ocp.CheckpointManager(
-                self.directory, options=options,
-                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+            # Handlers registered up front, so a fresh process can read a checkpoint's metadata before restoring.
+            registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+            state_handler, meta_handler = ocp.StandardCheckpointHandler(), ocp.JsonCheckpointHandler()
+            for args_type, handler in ((ocp.args.StandardSave, state_handler), (ocp.args.StandardRestore, state_handler)):
+                registry.add("state", args_type, handler)
+            for args_type in (ocp.args.JsonSave, ocp.args.JsonRestore):
+                registry.add("meta", args_type, meta_handler)
+            self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
         except Exception as e:  # noqa: BLE001 - re-raised with the directory and what to do
             raise CheckpointError(
-                f"Cannot open the checkpoint directory {self.directory}: {type(e).__name__}: {e}. It is corrupt or "
+                f"Cannot open the checkpoint directory {self.directory}: {_short(e)}. It is corrupt or "
                 "not an Orbax checkpoint directory; move it away or use another --workdir.") from e
 
     def all_steps(self) -> list[int]:
@@ -100,7 +111,7 @@ class Checkpoints:
             restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             return dict(restored["meta"])
         except Exception as e:  # noqa: BLE001
-            raise self._error(step, f"its metadata cannot be read ({type(e).__name__}: {e})") from e
+            raise self._error(step, f"its metadata cannot be read ({_short(e)})") from e
 
     def restore(self, step: int, template: TrainState, shardings, expected_meta: dict) -> TrainState:
         """Restores the state saved at ``step`` onto ``shardings``, after checking it fits this run.
@@ -125,7 +136,7 @@ class Checkpoints:
             restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target_dict)))
             state_dict = restored["state"]
         except Exception as e:  # noqa: BLE001
-            raise self._error(step, f"its arrays cannot be read ({type(e).__name__}: {e})") from e
+            raise self._error(step, f"its arrays cannot be read ({_short(e)})") from e
         key_impl = jax.random.key_impl(template.rng) if hasattr(template.rng, "dtype") and jax.dtypes.issubdtype(
             template.rng.dtype, jax.dtypes.prng_key) else None
         state = flax.serialization.from_state_dict(template.replace(rng=None), {**state_dict, "rng": None})
@@ -136,7 +147,7 @@ class Checkpoints:
         try:
             saved = self.manager.item_metadata(step)["state"]
         except Exception as e:  # noqa: BLE001
-            raise self._error(step, f"its array metadata cannot be read ({type(e).__name__}: {e})") from e
+            raise self._error(step, f"its array metadata cannot be read ({_short(e)})") from e
         if saved is None:
             raise self._error(step, "its array metadata is missing")
         want = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _flatten_with_paths(target_dict).items()}
