@@ -322,3 +322,18 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert row["prepare_s"] > 0 and row["load_train_s"] > 0 and row["load_test_s"] > 0
     assert "digits         prepare" in capsys.readouterr().out
     assert not (tmp_path / "default_data_dir").exists()  # bench prepares into its own temporary data_dir
+
+
+def test_prepared_data_dir_can_be_copied_elsewhere_without_raw_files(tmp_path, rng, monkeypatch):
+    import shutil
+
+    raw = _tiny_idx(rng)
+    write_idx_dataset(tmp_path / "manual" / "fashion_mnist", raw)
+    data.prepare("fashion_mnist", data_dir=tmp_path / "prep", manual_dir=tmp_path / "manual")
+    shutil.copytree(tmp_path / "prep" / "cnnlab_fashion_mnist", tmp_path / "cluster" / "cnnlab_fashion_mnist")
+    shutil.rmtree(tmp_path / "prep")
+    shutil.rmtree(tmp_path / "manual")  # no raw files anywhere now
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "cluster"))
+    ds = data.load("fashion_mnist", "train[:10]")
+    np.testing.assert_array_equal(ds.images[..., 0], raw["train"][0][:10])
+    assert data.info("fashion_mnist").prepared
