@@ -42,13 +42,19 @@ _JOBS = {
     "classical": ("cnnlab.classical", "run_experiment"),
 }
 
-# Where each figure is read from in a job's results.json, in order of preference.
-_ACCURACY_KEYS = ("test_accuracy", "eval_accuracy")
-_TRAIN_TIME_KEYS = ("train_time_s",)
-_INFERENCE_KEYS = ("inference_s_per_1000",)
-_PARAM_KEYS = ("num_params",)
-_BYTES_KEYS = ("model_bytes", "memory_bytes", "params_bytes")
-_DEVICE_KEYS = ("device",)
+# Where each figure is read from in a job's results.json, in order of preference; "a.b" is results["a"]["b"].
+# Training jobs (cnnlab.train) write eval_accuracy (the last epoch's, on eval_split = "test"), eval_count;
+# the classical pipeline writes its best classifier under "best" and its test subset size as test_size.
+_FIELDS = {
+    "test_accuracy": ("test_accuracy", "best.test_accuracy", "eval_accuracy"),
+    "train_time_s": ("train_time_s", "best.train_time_s"),
+    "inference_s_per_1000": ("inference_s_per_1000", "best.inference_s_per_1000"),
+    "num_params": ("num_params",),
+    "model_bytes": ("model_bytes", "best.model_bytes", "memory_bytes", "index_bytes"),
+    "test_count": ("test_count", "eval_count", "test_size"),
+}
+_REQUIRED = ("test_accuracy", "train_time_s")
+_TEXT_FIELDS = {"device": ("device",), "chosen": ("best.method", "chosen", "best_params")}
 
 
 # ------------------------------------------------------------------------------------------- config helpers
@@ -220,51 +226,74 @@ def run_job(method: str, job_config, job_workdir: str) -> bool:
 # ------------------------------------------------------------------------------------------- rows
 
 
-def _pick(results: Mapping, keys: Sequence[str], method: str, rel_path: str, sources: dict, field: str,
-          required: bool):
-    for key in keys:
-        value = results.get(key)
-        if value is not None:
-            sources[field] = f"{rel_path}:{key}"
-            return value
-    if required:
-        raise KeyError(f"{rel_path} of {method!r} has none of the keys {list(keys)} needed for {field}; it has "
-                       f"{sorted(results)}.")
-    return None
+_MISSING = object()
+
+
+def lookup(results: Mapping, key: str):
+    """``results[a][b]...`` for a dotted ``key`` "a.b..."; a sentinel when any part is missing."""
+    node = results
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def _number(value, field: str, method: str):
-    if value is None:
-        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{method}: {field} must be a finite number, got {value!r}.")
     return value
 
 
 def method_row(method: str, job_config, job_workdir: str, root: str) -> dict:
-    """The comparison row of one finished job, read from its results.json (with the source of every number)."""
-    rel_path = os.path.relpath(os.path.join(job_workdir, RESULTS_NAME), root)
+    """The comparison row of one finished job, read from its results.json.
+
+    ``row["sources"][field]`` says which file and key every number and text came from ("knn/results.json:
+    test_accuracy"), so a reader (and tests/test_compare.py) can check each one against the job's own files.
+    Raises KeyError when the test accuracy or the training time is missing.
+    """
+    rel_path = os.path.relpath(os.path.join(job_workdir, RESULTS_NAME), root).replace(os.sep, "/")
     results = read_json(os.path.join(job_workdir, RESULTS_NAME))
     sources: dict[str, str] = {}
-    row = {"method": method, "kind": job_config.get("kind", "train"),
-           "model": job_config.get("model", job_config.get("kind", "train"))}
-    row["test_accuracy"] = _number(_pick(results, _ACCURACY_KEYS, method, rel_path, sources, "test_accuracy", True),
-                                   "test_accuracy", method)
-    row["train_time_s"] = _number(_pick(results, _TRAIN_TIME_KEYS, method, rel_path, sources, "train_time_s", True),
-                                  "train_time_s", method)
-    row["inference_s_per_1000"] = _number(
-        _pick(results, _INFERENCE_KEYS, method, rel_path, sources, "inference_s_per_1000", False),
-        "inference_s_per_1000", method)
-    row["num_params"] = _number(_pick(results, _PARAM_KEYS, method, rel_path, sources, "num_params", False),
-                                "num_params", method)
-    row["model_bytes"] = _number(_pick(results, _BYTES_KEYS, method, rel_path, sources, "model_bytes", False),
-                                 "model_bytes", method)
-    device = _pick(results, _DEVICE_KEYS, method, rel_path, sources, "device", False)
-    row["device"] = device if isinstance(device, str) or device is None else json.dumps(device, sort_keys=True)
-    if "description" in results and isinstance(results["description"], str):
-        row["description"] = results["description"]
+    row = {"method": method, "kind": job_config.get("kind", "train")}
+    for field, keys in {**_FIELDS, **_TEXT_FIELDS}.items():
+        row[field] = None
+        for key in keys:
+            value = lookup(results, key)
+            if value is not _MISSING and value is not None:
+                if field in _FIELDS:
+                    value = _number(value, field, method)
+                elif not isinstance(value, str):
+                    value = json.dumps(value, sort_keys=True)
+                row[field] = value
+                sources[field] = f"{rel_path}:{key}"
+                break
+        if row[field] is None and field in _REQUIRED:
+            raise KeyError(f"{rel_path} of {method!r} has none of the keys {list(keys)} needed for {field}; it "
+                           f"has {sorted(results)}.")
     row["sources"] = sources
+    if row["kind"] == "classical":
+        _add_descriptor_time(row, results, rel_path)
     return row
+
+
+def _add_descriptor_time(row: dict, results: Mapping, rel_path: str) -> None:
+    """A descriptor pipeline's training includes computing the descriptors of its training images.
+
+    cnnlab.classical reports the classifier's fit time as ``best.train_time_s`` and the descriptor time per
+    1,000 training images separately; when the best pipeline uses descriptors, the comparison's training time is
+    fit time + descriptor_s_per_1000_images * train_size / 1000 (its inference time already includes them).
+    """
+    best = lookup(results, "best.method")
+    rows = results.get("classifiers", [])
+    features = next((r.get("features") for r in rows if isinstance(r, Mapping) and r.get("method") == best), None)
+    per_1000, train_size = lookup(results, "descriptor_s_per_1000_images"), lookup(results, "train_size")
+    if features in (None, "pixels") or per_1000 is _MISSING or train_size is _MISSING:
+        return
+    row["train_time_s"] = row["train_time_s"] + _number(per_1000, "descriptor time", row["method"]) * \
+        _number(train_size, "train_size", row["method"]) / 1000.0
+    row["sources"]["train_time_s"] = (f"{rel_path}:best.train_time_s + descriptor_s_per_1000_images * "
+                                      "train_size / 1000")
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -302,13 +331,15 @@ def comparison_markdown(comparison: Mapping) -> str:
              f"Command: `{comparison['command']}`", "",
              f"Machine: {describe_machine(comparison['machine'])}", "",
              f"Split: {comparison['split_description']}", "",
-             "| method | test accuracy | training time | inference / 1,000 images | size | ran on |",
-             "|---|---|---|---|---|---|"]
+             "| method | test accuracy | test images | training time | inference / 1,000 images | size | "
+             "chosen | ran on |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        count = "not reported" if row["test_count"] is None else f"{int(row['test_count']):,}"
         lines.append(
-            f"| {row['method']} | {100 * row['test_accuracy']:.2f}% | {_format_seconds(row['train_time_s'])} | "
-            f"{_format_seconds(row['inference_s_per_1000'])} | {_format_size(row)} | "
-            f"{row['device'] or 'not reported'} |")
+            f"| {row['method']} | {100 * row['test_accuracy']:.2f}% | {count} | "
+            f"{_format_seconds(row['train_time_s'])} | {_format_seconds(row['inference_s_per_1000'])} | "
+            f"{_format_size(row)} | {(row['chosen'] or '').replace('|', '/')} | {row['device'] or 'not reported'} |")
     lines += ["", f"Wall time of this invocation: {_format_seconds(comparison['wall_s'])} "
               f"(jobs run now: {', '.join(r['method'] for r in rows if r['ran_now']) or 'none, all were done'}).",
               "", "Every number is read from the jobs' own results files:", ""]

@@ -15,10 +15,11 @@ def fake_config(accuracies=None):
     config = ml_collections.ConfigDict()
     config.kind = "compare"
     config.dataset = "digits"
-    config.methods = ("knn", "lenet5")
+    config.methods = ("classical", "knn", "lenet5")
     config.command = "python -m experiments.main --config=experiments/configs/compare.py:digits --workdir=DIR"
     config.split_description = "train[:80%] / train[80%:] / test"
     config.jobs = ml_collections.ConfigDict()
+    config.jobs.classical = ml_collections.ConfigDict({"kind": "classical", "dataset": "digits", "train_size": 0})
     config.jobs.knn = ml_collections.ConfigDict({"kind": "knn", "dataset": "digits", "k_values": (1, 3, 5)})
     config.jobs.lenet5 = ml_collections.ConfigDict({"kind": "train", "dataset": "digits", "model": "lenet5",
                                                     "num_epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}})
@@ -45,9 +46,12 @@ class FakeJobs:
 
 RESULTS = {
     "knn": {"test_accuracy": 0.9805, "train_time_s": 0.012, "inference_s_per_1000": 0.034, "model_bytes": 92032,
-            "device": "cpu (2 cores)", "k": 3},
+            "device": "cpu (2 cores)", "chosen": {"k": 3, "metric": "l2"}, "test_count": 359},
     "lenet5": {"eval_accuracy": 0.9721, "eval_loss": 0.1, "train_time_s": 12.5, "inference_s_per_1000": 0.21,
-               "num_params": 61706, "device": "cpu"},
+               "num_params": 61706, "device": "cpu", "eval_count": 359},
+    "classical": {"best": {"method": "svm/pixels", "test_accuracy": 0.9861, "train_time_s": 0.05,
+                           "inference_s_per_1000": 0.5}, "test_size": 359, "device": "cpu",
+                  "classifiers": [{"method": "svm/pixels", "test_accuracy": 0.9861}]},
 }
 
 
@@ -55,28 +59,35 @@ def test_run_builds_comparison_from_results_and_skips_done_jobs(tmp_path, monkey
     fake = FakeJobs(RESULTS)
     monkeypatch.setattr(compare, "job_function", fake)
     comparison = compare.run(fake_config(), str(tmp_path))
-    assert fake.calls == ["knn", "lenet5"]
+    assert fake.calls == ["classical", "knn", "lenet5"]
     rows = {r["method"]: r for r in comparison["methods"]}
     assert rows["knn"]["test_accuracy"] == 0.9805 and rows["knn"]["model_bytes"] == 92032
     assert rows["knn"]["num_params"] is None
     assert rows["lenet5"]["test_accuracy"] == 0.9721 and rows["lenet5"]["num_params"] == 61706
     assert rows["lenet5"]["sources"]["test_accuracy"] == "lenet5/results.json:eval_accuracy"
     assert rows["knn"]["sources"]["inference_s_per_1000"] == "knn/results.json:inference_s_per_1000"
+    assert rows["classical"]["test_accuracy"] == 0.9861 and rows["classical"]["chosen"] == "svm/pixels"
+    assert rows["classical"]["sources"] == {
+        "test_accuracy": "classical/results.json:best.test_accuracy", "train_time_s": "classical/results.json:best.train_time_s",
+        "inference_s_per_1000": "classical/results.json:best.inference_s_per_1000",
+        "test_count": "classical/results.json:test_size", "device": "classical/results.json:device",
+        "chosen": "classical/results.json:best.method"}
     assert all(r["ran_now"] for r in rows.values())
     on_disk = json.loads((tmp_path / "comparison.json").read_text())
     assert on_disk["methods"] == comparison["methods"]
     assert on_disk["machine"]["usable_cores"] >= 1 and on_disk["machine"]["jax_backend"] == "cpu"
     table = (tmp_path / "comparison.md").read_text()
-    assert "| knn | 98.05% | 12 ms | 34 ms | 89.9 KiB | cpu (2 cores) |" in table
-    assert "| lenet5 | 97.21% | 12.5 s | 210 ms | 61,706 params | cpu |" in table
-    assert table.index("| knn |") < table.index("| lenet5 |")  # best first
+    assert "| knn | 98.05% | 359 | 12 ms | 34 ms | 89.9 KiB | {\"k\": 3, \"metric\": \"l2\"} | cpu (2 cores) |" in table
+    assert "| lenet5 | 97.21% | 359 | 12.5 s | 210 ms | 61,706 params |  | cpu |" in table
+    assert "| classical | 98.61% | 359 | 50 ms | 500 ms | not reported | svm/pixels | cpu |" in table
+    assert table.index("| classical |") < table.index("| knn |") < table.index("| lenet5 |")  # best first
     image = matplotlib.image.imread(tmp_path / "comparison.png")
     assert image.shape[0] >= 400 and image.shape[1] >= 600
 
     # Second invocation: both jobs are done for this very config, so nothing runs and the numbers are equal.
     again = compare.run(fake_config(), str(tmp_path))
-    assert fake.calls == ["knn", "lenet5"]
-    assert [r["ran_now"] for r in again["methods"]] == [False, False]
+    assert fake.calls == ["classical", "knn", "lenet5"]
+    assert [r["ran_now"] for r in again["methods"]] == [False, False, False]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "ran_now"} for r in rows]  # noqa: E731
     assert strip(again["methods"]) == strip(comparison["methods"])
 
@@ -96,7 +107,7 @@ def test_job_without_results_runs_again(tmp_path, monkeypatch):
     compare.run(fake_config(), str(tmp_path))
     os.remove(tmp_path / "lenet5" / "results.json")  # e.g. killed before the end: it must resume, not be skipped
     compare.run(fake_config(), str(tmp_path))
-    assert fake.calls == ["knn", "lenet5", "lenet5"]
+    assert fake.calls == ["classical", "knn", "lenet5", "lenet5"]
 
 
 def test_bad_results_and_configs(tmp_path, monkeypatch):
