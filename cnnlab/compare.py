@@ -47,13 +47,17 @@ _JOBS = {
 # the classical pipeline writes its best classifier under "best" and its test subset size as test_size.
 _FIELDS = {
     "test_accuracy": ("test_accuracy", "best.test_accuracy", "eval_accuracy"),
-    "train_time_s": ("train_time_s", "best.train_time_s"),
+    "train_time_s": ("train_time_s", "best.train_time_s", "cv_time_s"),
     "inference_s_per_1000": ("inference_s_per_1000", "best.inference_s_per_1000"),
     "num_params": ("num_params",),
     "model_bytes": ("model_bytes", "best.model_bytes", "memory_bytes", "index_bytes"),
     "test_count": ("test_count", "eval_count", "test_size"),
+    "train_count": ("train_count", "train_size"),
+    "epochs": ("epochs",),
 }
 _REQUIRED = ("test_accuracy", "train_time_s")
+# kNN (cnnlab.knn_experiment) writes test_accuracy, test_size, fit_time_s, cv_time_s, k, metric, train_size:
+# see _knn_fields.
 _TEXT_FIELDS = {"device": ("device",), "chosen": ("best.method", "chosen", "best_params")}
 
 
@@ -274,7 +278,43 @@ def method_row(method: str, job_config, job_workdir: str, root: str) -> dict:
     row["sources"] = sources
     if row["kind"] == "classical":
         _add_descriptor_time(row, results, rel_path)
+    if row["kind"] == "knn":
+        _knn_fields(row, results, rel_path, job_config)
+    if row["kind"] == "train" and row["train_count"] is None:
+        _train_count(row, job_config)
     return row
+
+
+def _train_count(row: dict, job_config) -> None:
+    """A CNN trains on all of its train split: its size, from the data layer (results.json does not repeat it)."""
+    from cnnlab import data
+
+    split = job_config.get("train_split", "train")
+    sizes = data.info(job_config.get("dataset"), data_dir=job_config.get("data_dir")).split_sizes
+    if split in sizes:
+        row["train_count"] = int(sizes[split])
+        row["sources"]["train_count"] = f"cnnlab.data.info({job_config.get('dataset')!r}).split_sizes[{split!r}]"
+
+
+def _knn_fields(row: dict, results: Mapping, rel_path: str, job_config) -> None:
+    """kNN's training is storing the training set (fit_time_s) plus choosing (k, metric) by cross-validation
+    (cv_time_s); its size is the stored training images (uint8, train_size x H x W x C bytes)."""
+    fit, cv = lookup(results, "fit_time_s"), lookup(results, "cv_time_s")
+    if fit is not _MISSING and cv is not _MISSING:
+        row["train_time_s"] = _number(fit, "fit_time_s", row["method"]) + _number(cv, "cv_time_s", row["method"])
+        row["sources"]["train_time_s"] = f"{rel_path}:fit_time_s + cv_time_s"
+    k, metric = lookup(results, "k"), lookup(results, "metric")
+    if k is not _MISSING and metric is not _MISSING:
+        row["chosen"] = f"k={k}, {metric}"
+        row["sources"]["chosen"] = f"{rel_path}:k, metric"
+    train_size = lookup(results, "train_size")
+    if row["model_bytes"] is None and train_size is not _MISSING:
+        from cnnlab import data
+
+        height, width, channels = data.info(job_config.get("dataset"), data_dir=job_config.get("data_dir")).image_shape
+        row["model_bytes"] = _number(train_size, "train_size", row["method"]) * height * width * channels
+        row["sources"]["model_bytes"] = (f"{rel_path}:train_size x {height}x{width}x{channels} bytes "
+                                         "(the stored uint8 training images)")
 
 
 def _add_descriptor_time(row: dict, results: Mapping, rel_path: str) -> None:
@@ -331,13 +371,16 @@ def comparison_markdown(comparison: Mapping) -> str:
              f"Command: `{comparison['command']}`", "",
              f"Machine: {describe_machine(comparison['machine'])}", "",
              f"Split: {comparison['split_description']}", "",
-             "| method | test accuracy | test images | training time | inference / 1,000 images | size | "
-             "chosen | ran on |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | test accuracy | test images | training images | training time | "
+             "inference / 1,000 images | size | chosen | ran on |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         count = "not reported" if row["test_count"] is None else f"{int(row['test_count']):,}"
+        trained = "not reported" if row["train_count"] is None else f"{int(row['train_count']):,}"
+        if row["epochs"] is not None:
+            trained += f" x {row['epochs']:.3g} epochs"
         lines.append(
-            f"| {row['method']} | {100 * row['test_accuracy']:.2f}% | {count} | "
+            f"| {row['method']} | {100 * row['test_accuracy']:.2f}% | {count} | {trained} | "
             f"{_format_seconds(row['train_time_s'])} | {_format_seconds(row['inference_s_per_1000'])} | "
             f"{_format_size(row)} | {(row['chosen'] or '').replace('|', '/')} | {row['device'] or 'not reported'} |")
     lines += ["", f"Wall time of this invocation: {_format_seconds(comparison['wall_s'])} "

@@ -77,9 +77,9 @@ def test_run_builds_comparison_from_results_and_skips_done_jobs(tmp_path, monkey
     assert on_disk["methods"] == comparison["methods"]
     assert on_disk["machine"]["usable_cores"] >= 1 and on_disk["machine"]["jax_backend"] == "cpu"
     table = (tmp_path / "comparison.md").read_text()
-    assert "| knn | 98.05% | 359 | 12 ms | 34 ms | 89.9 KiB | {\"k\": 3, \"metric\": \"l2\"} | cpu (2 cores) |" in table
-    assert "| lenet5 | 97.21% | 359 | 12.5 s | 210 ms | 61,706 params |  | cpu |" in table
-    assert "| classical | 98.61% | 359 | 50 ms | 500 ms | not reported | svm/pixels | cpu |" in table
+    assert "| knn | 98.05% | 359 | not reported | 12 ms | 34 ms | 89.9 KiB | {\"k\": 3, \"metric\": \"l2\"} | cpu (2 cores) |" in table
+    assert "| lenet5 | 97.21% | 359 | 1,438 | 12.5 s | 210 ms | 61,706 params |  | cpu |" in table
+    assert "| classical | 98.61% | 359 | not reported | 50 ms | 500 ms | not reported | svm/pixels | cpu |" in table
     assert table.index("| classical |") < table.index("| knn |") < table.index("| lenet5 |")  # best first
     image = matplotlib.image.imread(tmp_path / "comparison.png")
     assert image.shape[0] >= 400 and image.shape[1] >= 600

@@ -68,6 +68,17 @@ def classical_job(dataset, runlocal):
     return job
 
 
+def knn_job(dataset, runlocal):
+    """The kNN engineer's config (experiments/configs/knn.py): k and metric by cross-validation on the train
+    split, then the whole test split against the whole train split."""
+    module = _config_module("knn")
+    if module is None or dataset not in getattr(module, "DATASETS", ()):
+        return None
+    job = module.get_config(f"{dataset},runlocal" if runlocal else dataset)
+    job.test_size = 0               # the whole test split, as every other method
+    return job
+
+
 def lenet5_job(dataset, runlocal):
     """LeNet-5 with the training engineer's recipe for this dataset (experiments/configs/lenet5_<dataset>.py)."""
     module = _config_module(f"lenet5_{dataset}")
@@ -120,7 +131,7 @@ def resnet20_job(dataset, runlocal):
             job.eval_batch_size = 360
             job.log_every_steps = 23
         if runlocal:
-            common.apply_runlocal(job, num_train_steps=60, batch_size=64)
+            common.apply_runlocal(job, num_train_steps=40, batch_size=64)
     return _same_split(job, dataset)
 
 
@@ -135,6 +146,7 @@ def get_config(arg=None):
     config.split_description = ("fit on the 'train' split (kNN and classical choose their hyperparameters by "
                                 "validation inside it), scored once on the 'test' split")
     jobs = {"classical": classical_job(dataset, runlocal),
+            "knn": knn_job(dataset, runlocal),
             "lenet5": lenet5_job(dataset, runlocal),
             "resnet20": resnet20_job(dataset, runlocal)}
     config.jobs = ml_collections.ConfigDict({name: job for name, job in jobs.items() if job is not None})
