@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import shutil
+import tempfile
 import types
 from pathlib import Path
 
@@ -146,7 +147,8 @@ def is_prepared(name: str, *, data_dir=None) -> bool:
 def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -> Path:
     """Prepares `name` from its raw files into data_dir; returns the prepared dataset's directory.
 
-    Already-prepared data is kept unless force=True. Raises FileNotFoundError with install instructions
+    Already-prepared data is kept unless force=True (which prepares into a staging folder and then swaps
+    it in, so a failed forced prepare keeps the previous data). Raises FileNotFoundError with install instructions
     when the raw files are missing, formats.RawFormatError when they are corrupt; in both cases nothing
     is left that a later load would read (TFDS writes into a temporary incomplete.* folder and renames it
     only when every split is written).
@@ -164,11 +166,20 @@ def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -
         if _is_prepared(builder) and not force:
             return Path(builder.data_dir)
         log.info("preparing %s from %s into %s", name, location.description, builder.data_dir)
-        if force and _is_prepared(builder):
-            shutil.rmtree(builder.data_dir)
-            builder = _builder(name, data_dir)
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual))
-        builder.download_and_prepare(download_config=config)
+        if not _is_prepared(builder):
+            builder.download_and_prepare(download_config=config)
+            return Path(builder.data_dir)
+        # force: prepare into a staging data_dir, then swap folders, so a failure keeps the old data.
+        staging = Path(tempfile.mkdtemp(prefix=f".cnnlab_{name}_staging_", dir=data_dir))
+        try:
+            staged = _builder(name, staging)
+            staged.download_and_prepare(download_config=config)
+            target = Path(builder.data_dir)
+            target.rename(staging / "previous")
+            Path(staged.data_dir).rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return Path(builder.data_dir)
 
 

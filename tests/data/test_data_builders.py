@@ -337,3 +337,26 @@ def test_prepared_data_dir_can_be_copied_elsewhere_without_raw_files(tmp_path, r
     ds = data.load("fashion_mnist", "train[:10]")
     np.testing.assert_array_equal(ds.images[..., 0], raw["train"][0][:10])
     assert data.info("fashion_mnist").prepared
+
+
+def test_forced_prepare_replaces_data_and_keeps_it_on_failure(tmp_path, rng, monkeypatch):
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    first = _tiny_idx(rng)
+    write_idx_dataset(tmp_path / "manual" / "mnist", first)
+    data.prepare("mnist", **kwargs)
+    second = _tiny_idx(rng, n_train=20)
+    write_idx_dataset(tmp_path / "manual" / "mnist", second)
+    data.prepare("mnist", **kwargs)  # already prepared: kept
+    np.testing.assert_array_equal(data.load("mnist", "train", **kwargs).labels, first["train"][1])
+    data.prepare("mnist", force=True, **kwargs)
+    np.testing.assert_array_equal(data.load("mnist", "train", **kwargs).labels, second["train"][1])
+
+    def failing(self, split_data):
+        raise OSError("disk full (simulated)")
+        yield  # a generator, as TFDS expects
+
+    monkeypatch.setattr(builders.CnnlabBuilder, "_generate_examples", failing)
+    with pytest.raises(OSError, match="disk full"):
+        data.prepare("mnist", force=True, **kwargs)
+    np.testing.assert_array_equal(data.load("mnist", "train", **kwargs).labels, second["train"][1])
+    assert not [p for p in (tmp_path / "dd").iterdir() if "staging" in p.name]  # no staging folder left
