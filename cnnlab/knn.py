@@ -501,13 +501,16 @@ def _local_nearest(train, queries, n_valid, index_offset, *, k, metric, mode, pl
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, n_train: int, platform: str):
-    """The jitted sharded search for one configuration (cached: repeated calls reuse the executable)."""
+def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, platform: str):
+    """The jitted sharded search for one configuration (cached: repeated calls reuse the executable).
+    Arguments: train [train_per_device * devices, D] sharded, queries [Q, D] replicated, n_train: the number of
+    real training rows (a traced scalar: rows beyond it are padding, so folds of different sizes share one
+    program)."""
     num_devices = mesh.devices.size
     n_local = plan.train_per_device
     dist_dtype = _dist_dtype(mode)
 
-    def per_device(train_shard, queries):
+    def per_device(train_shard, queries, n_train):
         device = lax.axis_index(_MESH_AXIS)
         offset = device * n_local
         n_valid = jnp.clip(n_train - offset, 0, n_local)
@@ -522,11 +525,11 @@ def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, n_
         return -neg, jnp.take_along_axis(all_i, pos, axis=1)
 
     search = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(_MESH_AXIS, None), P()), out_specs=(P(), P()), check_vma=False
+        per_device, mesh=mesh, in_specs=(P(_MESH_AXIS, None), P(), P()), out_specs=(P(), P()), check_vma=False
     )
 
-    def finish(train, queries):
-        key, i = search(train, queries)
+    def finish(train, queries, n_train):
+        key, i = search(train, queries, n_train)
         d = _from_key(key, dist_dtype)
         if metric == "l2":
             d = jnp.sqrt(d.astype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32))
@@ -572,7 +575,10 @@ def _place_queries(queries2d, mesh):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _prepare(train_x, queries, k, metric, mesh, query_block, train_block, memory_budget_bytes):
+def _prepare(train_x, queries, k, metric, mesh, query_block=None, train_block=None,
+             memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES, *, n_train=None, n_queries=None):
+    """Checks the inputs, picks the arithmetic (mode) and the block plan (for n_train training rows and
+    n_queries queries when they differ from the arrays' sizes, as for padded cross-validation folds)."""
     _check_metric(metric)
     train2d, train_shape = _as_2d(train_x, "train_x")
     queries2d, query_shape = _as_2d(queries, "queries")
@@ -583,7 +589,8 @@ def _prepare(train_x, queries, k, metric, mesh, query_block, train_block, memory
         )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an integer, got {k!r}.")
-    n_train = train2d.shape[0]
+    n_train = train2d.shape[0] if n_train is None else n_train
+    n_queries = queries2d.shape[0] if n_queries is None else n_queries
     if not 1 <= k <= n_train:
         raise ValueError(f"k must be between 1 and the number of training points ({n_train}), got k={k}.")
     _check_finite(train2d, "train_x")
@@ -595,7 +602,7 @@ def _prepare(train_x, queries, k, metric, mesh, query_block, train_block, memory
     num_devices = mesh.devices.size
     plan = block_plan(
         n_train,
-        queries2d.shape[0],
+        n_queries,
         train2d.shape[1],
         k=k,
         metric=metric,
@@ -638,12 +645,16 @@ def nearest(
     train2d, queries2d, mode, mesh, plan = _prepare(
         train_x, queries, k, metric, mesh, query_block, train_block, memory_budget_bytes
     )
-    n_train = train2d.shape[0]
-    platform = mesh.devices.flat[0].platform
-    search = _compiled_search(mesh, int(k), metric, mode, plan, n_train, platform)
+    return _run_search(train2d, queries2d, train2d.shape[0], k=k, metric=metric, mode=mode, mesh=mesh, plan=plan)
+
+
+def _run_search(train2d, queries2d, n_train: int, *, k, metric, mode, mesh, plan):
+    """Runs the compiled search on host or device arrays; rows of train2d from n_train on are ignored."""
+    search = _compiled_search(mesh, int(k), metric, mode, plan, mesh.devices.flat[0].platform)
     train_global = _place_train(train2d, mesh, plan.train_per_device * plan.num_devices)
     queries_global = _place_queries(queries2d, mesh)
-    return search(train_global, queries_global)
+    n_global = jax.device_put(np.int32(n_train), NamedSharding(mesh, P()))
+    return search(train_global, queries_global, n_global)
 
 
 def lowered_search(
@@ -672,11 +683,12 @@ def lowered_search(
         num_devices=mesh.devices.size, query_block=query_block, train_block=train_block,
         memory_budget_bytes=memory_budget_bytes,
     )
-    search = _compiled_search(mesh, int(k), metric, mode, plan, train_shape[0], mesh.devices.flat[0].platform)
+    search = _compiled_search(mesh, int(k), metric, mode, plan, mesh.devices.flat[0].platform)
     n_padded = plan.train_per_device * plan.num_devices
     train = jax.ShapeDtypeStruct((n_padded, train_shape[1]), train_dtype, sharding=NamedSharding(mesh, P(_MESH_AXIS, None)))
     q = jax.ShapeDtypeStruct(tuple(query_shape), query_dtype, sharding=NamedSharding(mesh, P()))
-    return search.lower(train, q), plan
+    n = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
+    return search.lower(train, q, n), plan
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -814,17 +826,28 @@ def cross_validate(
     host = np.asarray(train2d) if not isinstance(train2d, np.ndarray) else train2d
     accuracy = np.zeros((len(ks), len(metrics), folds))
     k_max = max(ks)
-    for f, held_out in enumerate(parts):
-        keep = np.ones(n, bool)
-        keep[held_out] = False
-        fold_x, fold_y = host[keep], encoded[keep]
-        val_x, val_y = host[held_out], encoded[held_out]
-        for m, metric in enumerate(metrics):
-            _, idx = nearest(fold_x, val_x, k=k_max, metric=metric, **search_options)
-            neighbour_labels = jnp.asarray(fold_y)[idx]
+    # Every fold's training rows and held-out rows are padded to common sizes (training padding is ignored
+    # through n_train, held-out padding repeats a row and is dropped), so each metric compiles one program.
+    n_fold_train = n - min(len(p) for p in parts)
+    n_held_out = max(len(p) for p in parts)
+    options = dict(search_options)
+    mesh = options.pop("mesh", None) or default_mesh()
+    for m, metric in enumerate(metrics):
+        _, _, mode, mesh, plan = _prepare(host, host, k_max, metric, mesh, n_train=n_fold_train,
+                                          n_queries=n_held_out, **options)
+        for f, held_out in enumerate(parts):
+            keep = np.ones(n, bool)
+            keep[held_out] = False
+            fold_x = np.zeros((n_fold_train, host.shape[1]), host.dtype)
+            fold_x[: n - len(held_out)] = host[keep]
+            fold_y = encoded[keep]
+            val_x = host[np.concatenate([held_out, np.repeat(held_out[-1:], n_held_out - len(held_out))])]
+            _, idx = _run_search(fold_x, val_x, n - len(held_out), k=k_max, metric=metric, mode=mode, mesh=mesh,
+                                 plan=plan)
+            neighbour_labels = jnp.asarray(fold_y)[idx[: len(held_out)]]
             for j, k in enumerate(ks):
                 predicted = np.asarray(vote(neighbour_labels[:, :k], len(classes), tie_break=tie_break))
-                accuracy[j, m, f] = float(np.mean(predicted == val_y))
+                accuracy[j, m, f] = float(np.mean(predicted == encoded[held_out]))
     mean, std = accuracy.mean(axis=2), accuracy.std(axis=2)
     order = [(-mean[j, m], ks[j], m) for j in range(len(ks)) for m in range(len(metrics))]
     _, best_k, best_m = min(order)
