@@ -1,0 +1,224 @@
+r"""Benchmark: exact kNN on real Fashion-MNIST, cnnlab against its peers, in one process.
+
+    python -m experiments.bench.knn --queries=2000 --out_dir=/tmp/knn_bench
+
+Training set: all 60,000 Fashion-MNIST training images (784 uint8 pixels); queries: the first --queries test
+images; k = --k (default 10), majority vote with scikit-learn's tie rule (smallest label). For L1 and L2 it
+times, one after another in this process:
+  cnnlab         cnnlab.knn.predict (exact; compiled first, compile time reported separately)
+  scikit-learn   KNeighborsClassifier(algorithm="brute") on the uint8 arrays (float64 inside)
+  faiss-cpu      IndexFlatL2 / IndexFlat(METRIC_L1) on float32 copies, + the same vote
+  numpy          no-loop L2 (|q|^2 - 2 q.x + |x|^2 in float32 with one matrix product, argpartition), L2 only
+and reports seconds (best of --repeats), queries per second, accuracy, whether the predictions equal
+scikit-learn's, the peak resident memory the method added, and every peer's time divided by cnnlab's (> 1:
+cnnlab is faster). Writes knn_bench.json and knn_bench.md into --out_dir and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakMemory:
+    """Peak resident memory above the starting level while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self):
+        self.start = _rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def added_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def _vote_smallest_label(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    counts = np.stack([(neighbour_labels == c).sum(1) for c in range(num_classes)], 1)
+    return counts.argmax(1)  # first maximum = smallest tied label (scikit-learn's rule)
+
+
+def _timed(fn, repeats: int):
+    """(best seconds over repeats, peak added MiB over all runs, last result)."""
+    best, peak, result = float("inf"), 0.0, None
+    for _ in range(repeats):
+        with _PeakMemory() as memory:
+            began = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - began
+        best, peak = min(best, elapsed), max(peak, memory.added_mib)
+    return best, peak, result
+
+
+def _cpu_description() -> str:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=1000, help="test images used as queries")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--metrics", default="l2,l1")
+    parser.add_argument("--peers", default="sklearn,faiss,numpy", help="comma list of sklearn, faiss, numpy")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
+    parser.add_argument("--out_dir", default="knn_bench")
+    parser.add_argument("--data_dir", default=None)
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from cnnlab import data, knn
+
+    train = data.load("fashion_mnist", "train", data_dir=args.data_dir)
+    test = data.load("fashion_mnist", "test", data_dir=args.data_dir)
+    if not 1 <= args.queries <= len(test.images):
+        raise SystemExit(f"--queries must be between 1 and {len(test.images)}, got {args.queries}.")
+    train_x = train.images.reshape(len(train.images), -1)
+    train_y = train.labels
+    test_x = test.images[: args.queries].reshape(args.queries, -1)
+    test_y = test.labels[: args.queries]
+    num_classes = train.num_classes
+    peers = [p for p in args.peers.split(",") if p]
+    metrics = [m for m in args.metrics.split(",") if m]
+    rows = []
+
+    def record(method, metric, seconds, memory_mib, predictions, extra=None):
+        row = {
+            "method": method,
+            "metric": metric,
+            "seconds": seconds,
+            "queries_per_s": args.queries / seconds,
+            "accuracy": float(np.mean(predictions == test_y)),
+            "peak_added_mib": memory_mib,
+            "predictions": predictions,
+        }
+        row.update(extra or {})
+        rows.append(row)
+        print(f"{method:>14s} {metric}: {seconds:8.3f} s  accuracy {row['accuracy']:.4f}  "
+              f"+{memory_mib:.0f} MiB", flush=True)
+
+    for metric in metrics:
+        # cnnlab: compile once (small warm-up with the same shapes is the real call), then time.
+        began = time.perf_counter()
+        knn.predict(train_x, train_y, test_x, k=args.k, metric=metric, tie_break="smallest_label")
+        first_call = time.perf_counter() - began
+        seconds, memory, predictions = _timed(
+            lambda: knn.predict(train_x, train_y, test_x, k=args.k, metric=metric, tie_break="smallest_label"),
+            args.repeats)
+        record("cnnlab", metric, seconds, memory, predictions, {"first_call_s_with_compile": first_call})
+
+        if "sklearn" in peers:
+            from sklearn.neighbors import KNeighborsClassifier
+
+            model = KNeighborsClassifier(n_neighbors=args.k, algorithm="brute",
+                                         metric={"l1": "manhattan", "l2": "euclidean"}[metric]).fit(train_x, train_y)
+            seconds, memory, predictions = _timed(lambda: model.predict(test_x), args.repeats)
+            record("scikit-learn", metric, seconds, memory, predictions)
+
+        if "faiss" in peers:
+            import faiss
+
+            train_f32 = np.ascontiguousarray(train_x, dtype=np.float32)
+            test_f32 = np.ascontiguousarray(test_x, dtype=np.float32)
+            index = faiss.IndexFlatL2(train_f32.shape[1]) if metric == "l2" else \
+                faiss.IndexFlat(train_f32.shape[1], faiss.METRIC_L1)
+            index.add(train_f32)
+
+            def faiss_predict():
+                _, idx = index.search(test_f32, args.k)
+                return _vote_smallest_label(train_y[idx], num_classes)
+
+            seconds, memory, predictions = _timed(faiss_predict, args.repeats)
+            record("faiss-cpu", metric, seconds, memory, predictions,
+                   {"faiss_threads": faiss.omp_get_max_threads()})
+            del index, train_f32
+
+        if "numpy" in peers and metric == "l2":
+            train_f32 = train_x.astype(np.float32)
+            test_f32 = test_x.astype(np.float32)
+            train_sq = (train_f32 * train_f32).sum(1)
+
+            def numpy_predict():
+                dist = (test_f32 * test_f32).sum(1)[:, None] - 2 * test_f32 @ train_f32.T + train_sq[None, :]
+                idx = np.argpartition(dist, args.k - 1, axis=1)[:, : args.k]
+                return _vote_smallest_label(train_y[idx], num_classes)
+
+            seconds, memory, predictions = _timed(numpy_predict, args.repeats)
+            record("numpy no-loop", metric, seconds, memory, predictions)
+            del train_f32
+
+    reference = {r["metric"]: r["predictions"] for r in rows if r["method"] == "scikit-learn"}
+    cnnlab_seconds = {r["metric"]: r["seconds"] for r in rows if r["method"] == "cnnlab"}
+    for row in rows:
+        ref = reference.get(row["metric"])
+        row["equal_to_sklearn"] = None if ref is None else bool(np.array_equal(row["predictions"], ref))
+        row["time_over_cnnlab"] = row["seconds"] / cnnlab_seconds[row["metric"]]
+        del row["predictions"]
+
+    result = {
+        "dataset": "fashion_mnist",
+        "train_size": int(len(train_x)),
+        "queries": args.queries,
+        "k": args.k,
+        "device": f"{jax.devices()[0].platform}: {_cpu_description()}",
+        "jax": jax.__version__,
+        "gpu": "not measured (no accelerator lent to this task)",
+        "rows": rows,
+    }
+    lines = [
+        f"kNN on Fashion-MNIST: 60,000 x 784 uint8 training images, {args.queries} queries, k={args.k} "
+        f"({result['device']}).",
+        "",
+        "| metric | method | seconds | queries/s | accuracy | = scikit-learn | peak +MiB | time / cnnlab's |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        equal = {None: "-", True: "yes", False: "no"}[row["equal_to_sklearn"]]
+        lines.append(f"| {row['metric'].upper()} | {row['method']} | {row['seconds']:.3f} | "
+                     f"{row['queries_per_s']:.0f} | {row['accuracy']:.4f} | {equal} | {row['peak_added_mib']:.0f} | "
+                     f"{row['time_over_cnnlab']:.2f} |")
+    table = "\n".join(lines) + "\n"
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "knn_bench.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(args.out_dir, "knn_bench.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()
