@@ -139,3 +139,17 @@ def test_bad_inputs_raise_clear_errors():
         topological.euler_number(jnp.zeros((5, 5), jnp.uint8))
     with pytest.raises(ValueError, match="2-D"):
         topological.skeleton(jnp.zeros((2, 5, 5), bool))
+
+
+def test_packed_skeleton_on_wide_images_spans_several_words():
+    """Rows wider than 32 pixels use several uint32 words with carries between them; compare with skimage and
+    with the pixel-by-pixel version."""
+    masks = random_masks(40, seed=3, height=12, width=70)
+    packed = np.asarray(jax.jit(jax.vmap(topological.skeleton))(jnp.asarray(masks)))
+    plain = np.asarray(jax.jit(jax.vmap(topological.skeleton_reference))(jnp.asarray(masks)))
+    for mask, ours, reference in zip(masks, packed, plain):
+        np.testing.assert_array_equal(ours, morphology.skeletonize(mask))
+        np.testing.assert_array_equal(reference, ours)
+    rows = topological.pack_rows(jnp.asarray(masks[0]))
+    assert rows.shape == (12, 3) and rows.dtype == jnp.uint32
+    np.testing.assert_array_equal(np.asarray(topological.unpack_rows(rows, 70)), masks[0])
