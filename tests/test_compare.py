@@ -147,3 +147,103 @@ def test_config_differences_ignores_added_keys_and_tuple_list():
     expected = {"a": (1, 2), "b": {"c": 0.5}}
     assert compare.config_differences(expected, {"a": [1, 2], "b": {"c": 0.5}, "extra": 3}) == []
     assert compare.config_differences(expected, {"a": [1, 2]}) == ["b.c: 0.5 (not in the written config)"]
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def _source_value(root, source):
+    """Re-reads the value a ``sources`` entry names: "job/results.json:a.b" or one of the documented formulas."""
+    path, _, expression = source.partition(":")
+    results = json.loads((root / path).read_text())
+    if expression == "fit_time_s + cv_time_s":
+        return results["fit_time_s"] + results["cv_time_s"]
+    if expression == "best.train_time_s + descriptor_s_per_1000_images * train_size / 1000":
+        return results["best"]["train_time_s"] + results["descriptor_s_per_1000_images"] * results["train_size"] / 1000
+    if expression == "k, metric":
+        return f"k={results['k']}, {results['metric']}"
+    if expression.startswith("train_size x 8x8x1 bytes"):
+        return results["train_size"] * 64
+    value = results
+    for part in expression.split("."):
+        value = value[part]
+    return value
+
+
+def test_digits_runlocal_end_to_end_every_number_traces_to_the_jobs(tmp_path):
+    import jax
+    import numpy as np
+
+    from cnnlab import data, models
+    from experiments.configs import compare as compare_config
+
+    def small_config():
+        config = compare_config.get_config("digits,runlocal")
+        for method in ("lenet5", "resnet20"):
+            config.jobs[method].num_devices = 1  # tests simulate 8 CPU devices on 2 cores: 1 is faster here
+        return config
+
+    config = small_config()
+    assert list(config.methods) == ["classical", "knn", "lenet5", "resnet20"]
+    comparison = compare.run(config, str(tmp_path))
+    on_disk = json.loads((tmp_path / "comparison.json").read_text())
+    assert on_disk["methods"] == comparison["methods"]
+    test = data.load("digits", "test")
+    train = data.load("digits", "train")
+    rows = {r["method"]: r for r in on_disk["methods"]}
+    assert list(rows) == ["classical", "knn", "lenet5", "resnet20"]
+
+    for method, row in rows.items():
+        job_dir = tmp_path / method
+        assert (job_dir / "results.json").is_file() and (job_dir / "config.json").is_file()
+        assert row["ran_now"] is True
+        # Every number and text in the row names its source, and re-reading the source gives the same value.
+        fields = [f for f, v in row.items() if f not in ("method", "kind", "sources", "ran_now") and v is not None]
+        assert sorted(fields) == sorted(row["sources"]), method
+        for field in fields:
+            source = row["sources"][field]
+            if source.startswith("cnnlab.data.info"):
+                assert row[field] == len(train.labels)
+            else:
+                assert row[field] == _source_value(tmp_path, source), (method, field, source)
+        # The same test set for everyone: all 359 test images of the digits split.
+        assert row["test_count"] == len(test.labels) == 359
+        assert 0.0 < row["test_accuracy"] <= 1.0 and row["train_time_s"] > 0 and row["inference_s_per_1000"] > 0
+
+    # CNNs: the accuracy is the last evaluation in metrics.jsonl (after the final step) and agrees with the
+    # confusion matrix; the parameter count matches the model built independently here.
+    for method in ("lenet5", "resnet20"):
+        results = json.loads((tmp_path / method / "results.json").read_text())
+        records = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        last_eval = [r for r in records if "eval_accuracy" in r][-1]
+        assert last_eval["step"] == results["steps"] == config.jobs[method].num_train_steps
+        assert rows[method]["test_accuracy"] == last_eval["eval_accuracy"]
+        matrix = np.asarray(results["eval_confusion"])
+        assert matrix.sum() == 359 and np.isclose(np.trace(matrix) / 359, rows[method]["test_accuracy"])
+        model = models.get(config.jobs[method].model, num_classes=10)
+        shape = (1, 28, 28, 1) if method == "lenet5" else (1, 8, 8, 1)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros(shape, np.float32)))
+        assert rows[method]["num_params"] == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+    # kNN: the chosen (k, metric) is the best cross-validated pair; classical: the best of its pipelines.
+    knn_results = json.loads((tmp_path / "knn" / "results.json").read_text())
+    assert rows["knn"]["test_count"] == knn_results["test_size"] == 359
+    assert rows["knn"]["train_count"] == len(train.labels)
+    classical_results = json.loads((tmp_path / "classical" / "results.json").read_text())
+    assert rows["classical"]["test_accuracy"] == max(r["test_accuracy"] for r in classical_results["classifiers"])
+
+    # Machine description of this process.
+    machine = on_disk["machine"]
+    assert machine["logical_cores"] == os.cpu_count() and machine["jax_backend"] == jax.default_backend()
+    assert on_disk["wall_s"] > 0
+
+    table = (tmp_path / "comparison.md").read_text()
+    for row in rows.values():
+        assert f"| {row['method']} | {100 * row['test_accuracy']:.2f}% | 359 |" in table
+    image = matplotlib.image.imread(tmp_path / "comparison.png")
+    assert image.shape[:2] == (550, 800)
+
+    # Rerunning the same command reuses every job and reproduces the table's numbers exactly.
+    again = compare.run(small_config(), str(tmp_path))
+    assert [r["ran_now"] for r in again["methods"]] == [False] * 4
+    assert [{k: v for k, v in r.items() if k != "ran_now"} for r in again["methods"]] == \
+        [{k: v for k, v in r.items() if k != "ran_now"} for r in on_disk["methods"]]

@@ -57,13 +57,16 @@ def _same_split(job, dataset):
 def classical_job(dataset, runlocal):
     """The classical engineer's pipeline config (experiments/configs/classical.py), scored on the full test split.
 
-    None for datasets it does not cover (cifar10). Clustering is left out: it is not part of the comparison.
+    None for datasets it does not cover (cifar10).
     """
     module = _config_module("classical")
     if module is None or dataset not in getattr(module, "DATASETS", ()):
         return None
     job = module.get_config(f"{dataset},runlocal" if runlocal else dataset)
     job.test_size = 0               # the whole test split, as every other method
+    # The comparison's classical contender: SVM / random forest / MLP on descriptors, pixels, or both. The
+    # one-family-at-a-time runs and the clustering are the classical experiment's own analysis.
+    job.feature_sets = ("descriptors", "pixels", "both")
     job.cluster_feature_sets = ()
     return job
 
