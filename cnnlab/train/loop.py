@@ -85,7 +85,7 @@ def validate_config(config) -> None:
     for name in ("eval_batch_size", "log_every_steps", "steps_per_dispatch", "keep_checkpoints"):
         if name in config:
             positive_int(name)
-    for name in ("num_devices", "image_size"):
+    for name in ("num_devices", "image_size", "augment_pad"):
         if name in config:
             positive_int(name, allow_zero=True)
     if config.num_epochs == 0 and config.num_train_steps == 0:
@@ -321,7 +321,7 @@ def _train(run: _Run, checkpoints) -> dict:
     train_fn = steps_lib.make_train_fn(
         run.shardings, replicated, model=run.model, tx=run.tx, num_classes=run.info.num_classes,
         mean=tuple(run.info.mean), std=tuple(run.info.std), augment=bool(config.augment),
-        flip=bool(config.get("augment_flip", True)), label_smoothing=float(config.get("label_smoothing", 0.0)),
+        flip=bool(config.get("augment_flip", True)), pad=int(config.get("augment_pad", 4)), label_smoothing=float(config.get("label_smoothing", 0.0)),
         image_size=run.image_shape[:2])
 
     spe, total = run.steps_per_epoch, run.total_steps

@@ -107,7 +107,7 @@ def _variables(params, batch_stats):
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMetrics, *, model, tx,
                num_classes: int, mean, std, augment: bool, flip: bool, label_smoothing: float,
-               image_size: Sequence[int] | None = None, aux_loss_weight: float = 0.3) -> tuple[TrainState, TrainMetrics]:
+               image_size: Sequence[int] | None = None, pad: int = 4, aux_loss_weight: float = 0.3) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on one global batch.
 
     batch: {"image": uint8 [B, H, W, C], "label": int32 [B], "mask": bool [B]}. The loss is the mean over the
@@ -116,7 +116,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMet
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
-    images = preprocess(batch["image"], augment_key, mean=mean, std=std, augment=augment, flip=flip,
+    images = preprocess(batch["image"], augment_key, mean=mean, std=std, augment=augment, pad=pad, flip=flip,
                         image_size=image_size)
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)

@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_split = "test"                  # evaluated after every epoch; "best" checkpoint = best accuracy here
     c.image_size = 0                       # >0: zero-pad images to image_size x image_size on device
     c.augment = False                      # random crop (zero padding 4) + horizontal flip, on device
+    c.augment_pad = 4                      # crop offsets: up to this many pixels (0: flips only)
     c.augment_flip = True
     # Model.
     c.model = "lenet5"                     # one of cnnlab.models.names()

@@ -1,0 +1,38 @@
+"""ResNet-56 on CIFAR-10 with He et al. 2016's CIFAR recipe (Sec. 4.2).
+
+    python -m experiments.main --config=experiments/configs/resnet56_cifar10.py --workdir=/tmp/cnnlab/resnet56_cifar10
+
+Recipe: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at
+64k iterations (~164 epochs), 4-pixel zero padding + random 32x32 crop + horizontal flip, per-channel
+normalisation, option-A (identity/zero-padding) shortcuts. Expected: about 93.0% test accuracy (the paper's 6.97% error, Table 6).
+CIFAR cannot be downloaded on the development machine, so this run was not measured here: put the official
+python-version archive's files in TFDS's manual dir and run ``python -m cnnlab.data prepare cifar10``.
+A GPU is the realistic device (hours on 2 CPU cores). ``:runlocal`` trains 50 steps; ``:bf16`` computes in
+bfloat16.
+"""
+
+from experiments.configs import common
+
+
+def get_config(arg=None):
+    args = common.parse_arg(arg)
+    c = common.base_config()
+    c.dataset = "cifar10"
+    c.model = "resnet56"
+    c.num_train_steps = 64000
+    c.batch_size = 128
+    c.optimizer = "sgd"
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.schedule = "step"
+    c.lr_boundaries_steps = (32000, 48000)
+    c.lr_decay_factor = 0.1
+    c.augment = True
+    c.log_every_steps = 200
+    c.checkpoint_every_steps = 2000
+    if "bf16" in args:
+        c.dtype = "bfloat16"
+    if "runlocal" in args:
+        common.apply_runlocal(c, num_train_steps=50, batch_size=64)
+    return c
