@@ -59,7 +59,7 @@ def describe_image(image: jax.Array, threshold=None, *, connectivity: int = 8, l
     else:
         mask = grey > binarize.otsu_from_histogram(counts)
     return {**topological_descriptors(mask, connectivity), **geometric_descriptors(mask),
-            **statistical.histogram_statistics(counts.astype(jnp.float32) / grey.size)}
+            **statistical.histogram_statistics(counts)}
 
 
 # Images per vectorised chunk inside describe's jit: the batch is processed chunk by chunk (lax.map) so the

@@ -23,7 +23,8 @@ lengths in pixels, float32 results.
   edge midpoints per half-row (a monotone-chain scan), the right boundary likewise, and each row counts the
   pixel centres between them.
 * ``hu_1`` .. ``hu_7``: Hu's invariants of the normalised central moments, as ``skimage.measure.moments_hu``
-  (regionprops ``moments_hu``). Central moments are summed over centred coordinates in float32.
+  (regionprops ``moments_hu``). The moments, axes and Hu invariants are computed in float64 (``jax.enable_x64``
+  inside these functions only; results are float32): Hu 5-7 are differences of nearly equal products.
 
 Empty foreground: area, perimeter, diameter are 0 and every other geometric value is NaN (no region).
 """
@@ -152,28 +153,27 @@ def convex_area(mask: jax.Array) -> jax.Array:
 
 
 def central_moments(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(area float32, mu float32 [4, 4]) with mu[p, q] = sum over pixels (r - r_mean)^p (c - c_mean)^q.
+    """(area, mu [4, 4]) with mu[p, q] = sum over pixels (r - r_mean)^p (c - c_mean)^q, both float64.
 
-    The centred coordinates are formed exactly as integers A r - sum(r) (A = area, all int32), so the only
-    rounding is in the float32 products and sums; mu[p, q] is that sum divided by A^(p + q).
+    Call inside ``jax.enable_x64(True)`` (``geometric`` does): the higher Hu invariants are differences of
+    nearly equal products, and float32 moments leave them only about 1e-3 relative accuracy.
     """
     height, width = mask.shape
-    rows = jnp.arange(height, dtype=jnp.int32)[:, None]
-    cols = jnp.arange(width, dtype=jnp.int32)[None, :]
-    area_int = jnp.sum(mask, dtype=jnp.int32)
-    dr = jnp.where(mask, area_int * rows - jnp.sum(jnp.where(mask, rows, 0)), 0).astype(jnp.float32)
-    dc = jnp.where(mask, area_int * cols - jnp.sum(jnp.where(mask, cols, 0)), 0).astype(jnp.float32)
-    m = mask.astype(jnp.float32)
-    area = area_int.astype(jnp.float32)
-    scale = 1.0 / jnp.maximum(area, 1.0)
-    powers_r = [m, dr * scale, (dr * scale) * (dr * scale), (dr * scale) ** 3]
-    powers_c = [m, dc * scale, (dc * scale) * (dc * scale), (dc * scale) ** 3]
+    rows = jnp.arange(height, dtype=jnp.float64)[:, None]
+    cols = jnp.arange(width, dtype=jnp.float64)[None, :]
+    m = mask.astype(jnp.float64)
+    area = jnp.sum(m)
+    safe_area = jnp.maximum(area, 1.0)
+    dr = jnp.where(mask, rows - jnp.sum(m * rows) / safe_area, 0.0)
+    dc = jnp.where(mask, cols - jnp.sum(m * cols) / safe_area, 0.0)
+    powers_r = [m, dr, dr * dr, dr * dr * dr]
+    powers_c = [m, dc, dc * dc, dc * dc * dc]
     mu = jnp.stack([jnp.stack([jnp.sum(powers_r[p] * powers_c[q]) for q in range(4)]) for p in range(4)])
     return area, mu
 
 
 def hu_moments(mu: jax.Array) -> jax.Array:
-    """Hu's seven invariants (float32 [7]) of central moments mu [4, 4], as skimage moments_hu."""
+    """Hu's seven invariants [7] of central moments mu [4, 4] (same dtype), as skimage moments_hu."""
     mu00 = mu[0, 0]
 
     def nu(p, q):
@@ -194,38 +194,51 @@ def hu_moments(mu: jax.Array) -> jax.Array:
     ])
 
 
+def _moment_descriptors(mask):
+    """Axis lengths, eccentricity, axis ratio and Hu moments, computed in float64, returned as float32."""
+    with jax.enable_x64(True):
+        area, mu = central_moments(mask)
+        safe_area = jnp.maximum(area, 1.0)
+        # Inertia tensor [[mu02, -mu11], [-mu11, mu20]] / mu00 (skimage's, rows first); eigenvalues clipped at 0.
+        a, b, c = mu[0, 2] / safe_area, -mu[1, 1] / safe_area, mu[2, 0] / safe_area
+        mid, radius = (a + c) / 2.0, jnp.sqrt(((a - c) / 2.0) ** 2 + b**2)
+        l1, l2 = jnp.maximum(mid + radius, 0.0), jnp.maximum(mid - radius, 0.0)
+        major, minor = 4.0 * jnp.sqrt(l1), 4.0 * jnp.sqrt(l2)
+        ratio = jnp.where(l1 == 0, 0.0, l2 / jnp.where(l1 == 0, 1.0, l1))
+        eccentricity = jnp.sqrt(jnp.maximum(1.0 - ratio, 0.0)) * (l1 != 0)
+        values = {"eccentricity": eccentricity, "axis_ratio": major / minor, "major_axis_length": major,
+                  "minor_axis_length": minor}
+        hu = hu_moments(mu)
+        values.update({f"hu_{i + 1}": hu[i] for i in range(7)})
+        return {k: v.astype(jnp.float32) for k, v in values.items()}
+
+
 def geometric(mask: jax.Array) -> dict[str, jax.Array]:
     """All geometric descriptors of one mask (float32 scalars; module docstring)."""
     mask = check_mask(mask)
     height, width = mask.shape
-    area, mu = central_moments(mask)
+    area = jnp.sum(mask, dtype=jnp.float32)
     empty = area == 0
     nan = jnp.float32(jnp.nan)
     safe_area = jnp.maximum(area, 1.0)
-    # Inertia tensor [[mu02, -mu11], [-mu11, mu20]] / mu00 (skimage's, rows first); eigenvalues, clipped at 0.
-    a, b, c = mu[0, 2] / safe_area, -mu[1, 1] / safe_area, mu[2, 0] / safe_area
-    mid, radius = (a + c) / 2.0, jnp.sqrt(((a - c) / 2.0) ** 2 + b**2)
-    l1, l2 = jnp.maximum(mid + radius, 0.0), jnp.maximum(mid - radius, 0.0)
-    major, minor = 4.0 * jnp.sqrt(l1), 4.0 * jnp.sqrt(l2)
-    eccentricity = jnp.where(l1 == 0, 0.0, jnp.sqrt(jnp.maximum(1.0 - l2 / jnp.where(l1 == 0, 1.0, l1), 0.0)))
     rows_any, cols_any = jnp.any(mask, axis=1), jnp.any(mask, axis=0)
     bbox_rows = height - jnp.argmax(rows_any) - jnp.argmax(rows_any[::-1])
     bbox_cols = width - jnp.argmax(cols_any) - jnp.argmax(cols_any[::-1])
     perim = perimeter(mask)
     hull_area = convex_area(mask).astype(jnp.float32)
-    hu = hu_moments(mu)
+    moments = _moment_descriptors(mask)
     values = {
         "area": area,
         "perimeter": perim,
         "diameter": diameter(mask),
         "compactness": perim**2 / safe_area,
-        "eccentricity": eccentricity,
-        "axis_ratio": major / minor,
-        "major_axis_length": major,
-        "minor_axis_length": minor,
+        "eccentricity": moments["eccentricity"],
+        "axis_ratio": moments["axis_ratio"],
+        "major_axis_length": moments["major_axis_length"],
+        "minor_axis_length": moments["minor_axis_length"],
         "extent": area / jnp.maximum(bbox_rows * bbox_cols, 1).astype(jnp.float32),
         "solidity": area / jnp.maximum(hull_area, 1.0),
-        **{f"hu_{i + 1}": hu[i] for i in range(7)},
+        **{f"hu_{i + 1}": moments[f"hu_{i + 1}"] for i in range(7)},
     }
     defined_when_empty = ("area", "perimeter", "diameter")
     return {k: (v if k in defined_when_empty else jnp.where(empty, nan, v)).astype(jnp.float32)

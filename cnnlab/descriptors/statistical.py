@@ -24,25 +24,30 @@ from cnnlab.descriptors import binarize
 NAMES = ("mean", "std", "smoothness", "third_moment", "uniformity", "entropy")
 
 
-def histogram_statistics(probabilities: jax.Array) -> dict[str, jax.Array]:
-    """The six statistics from a normalised histogram ``p`` float ``[L]`` (sums to 1); L = len(p)."""
-    p = jnp.asarray(probabilities, dtype=jnp.float32)
-    levels = p.shape[-1]
-    z = jnp.arange(levels, dtype=jnp.float32)
-    mean = jnp.sum(z * p)
-    centred = z - mean
-    variance = jnp.sum(centred**2 * p)
-    mu3 = jnp.sum(centred**3 * p)
-    scale = float(levels - 1) ** 2
-    safe_p = jnp.where(p > 0, p, 1.0)
-    return {
-        "mean": mean,
-        "std": jnp.sqrt(variance),
-        "smoothness": 1.0 - 1.0 / (1.0 + variance / scale),
-        "third_moment": mu3 / scale,
-        "uniformity": jnp.sum(p**2),
-        "entropy": -jnp.sum(jnp.where(p > 0, p * jnp.log2(safe_p), 0.0)),
-    }
+def histogram_statistics(histogram: jax.Array) -> dict[str, jax.Array]:
+    """The six statistics (float32) from a histogram ``[L]``: counts or probabilities (normalised here, in
+    float64); L = len(histogram)."""
+    with jax.enable_x64(True):     # float64 inside: the third moment is a sum of cancelling cubes
+        counts = jnp.asarray(histogram).astype(jnp.float64)
+        total = jnp.sum(counts)
+        p = counts / total
+        levels = p.shape[-1]
+        z = jnp.arange(levels, dtype=jnp.float64)
+        mean = jnp.sum(z * counts) / total          # one rounding: a constant image's mean is exact
+        centred = z - mean
+        variance = jnp.sum(centred**2 * counts) / total
+        mu3 = jnp.sum(centred**3 * counts) / total
+        scale = float(levels - 1) ** 2
+        safe_p = jnp.where(p > 0, p, 1.0)
+        values = {
+            "mean": mean,
+            "std": jnp.sqrt(variance),
+            "smoothness": 1.0 - 1.0 / (1.0 + variance / scale),
+            "third_moment": mu3 / scale,
+            "uniformity": jnp.sum(p**2),
+            "entropy": -jnp.sum(jnp.where(p > 0, p * jnp.log2(safe_p), 0.0)),
+        }
+        return {k: v.astype(jnp.float32) for k, v in values.items()}
 
 
 def statistics(image: jax.Array, levels: int = 256) -> dict[str, jax.Array]:
@@ -50,8 +55,7 @@ def statistics(image: jax.Array, levels: int = 256) -> dict[str, jax.Array]:
     image = jnp.asarray(image)
     binarize.check_image(image)
     grey = binarize.quantize(image, levels)
-    counts = binarize.histogram(grey, levels).astype(jnp.float32)
-    return histogram_statistics(counts / grey.size)
+    return histogram_statistics(binarize.histogram(grey, levels))
 
 
 def mean(image, levels: int = 256):
