@@ -85,10 +85,15 @@ def get(name: str, *, num_classes: int, **overrides: Any) -> nn.Module:
     unknown = sorted(set(overrides) - accepted)
     if unknown:
         raise TypeError(f"Model {name!r} has no option(s) {unknown}. Accepted overrides: {sorted(accepted)}.")
-    dtype = overrides.get("dtype")
-    if dtype is not None and jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16),
-                                                     jnp.dtype(jnp.float16)):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}.")
+    if overrides.get("dtype") is not None:
+        dtype = overrides["dtype"]
+        try:
+            dtype = jnp.dtype(dtype)  # accepts jnp.bfloat16, np.float32 or a string such as "bfloat16"
+        except TypeError as err:
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}.") from err
+        if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}.")
+        overrides["dtype"] = dtype
     return constructor(num_classes=int(num_classes), **overrides)
 
 
