@@ -264,8 +264,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--{flag} must be at least 1")
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
 
-    results = []
+    results: list[dict[str, Any]] = []
     wall = time.perf_counter()
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    md_path = os.path.splitext(out)[0] + ".md"
+
+    def write(complete: bool) -> tuple[dict[str, Any], str]:
+        """Write the JSON and the table (after every model, so a long run that is stopped keeps its results)."""
+        report = {
+            "benchmark": "cnnlab.models forward+backward (training-mode step, no optimizer update)",
+            "device": device_description(),
+            "backend": jax.default_backend(),
+            "jax_version": jax.__version__,
+            "dtype": args.dtype,
+            "flags": vars(args),
+            "complete": complete,
+            "total_wall_s": round(time.perf_counter() - wall, 1),
+            "results": results,
+        }
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        table = markdown_table(results, f"Forward+backward throughput on {report['device']} ({args.dtype}, "
+                                        f"jax {jax.__version__}), best-of step time")
+        with open(md_path, "w") as f:
+            f.write(table)
+        return report, table
+
     for name in names:
         shape = input_shape(name, batch=args.batch, imagenet_batch=args.imagenet_batch,
                             imagenet_size=args.imagenet_size)
@@ -282,26 +307,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peer = (f"  PyTorch {result['torch_images_per_s']:.1f} img/s" if "torch_images_per_s" in result else "")
         print(f"{name:20s} {str(tuple(shape)):20s} {result['images_per_s']:10.1f} img/s  "
               f"compile {result['compile_s']:.1f}s{peer}", flush=True)
+        write(complete=False)
 
-    report = {
-        "benchmark": "cnnlab.models forward+backward (training-mode step, no optimizer update)",
-        "device": device_description(),
-        "backend": jax.default_backend(),
-        "jax_version": jax.__version__,
-        "dtype": args.dtype,
-        "flags": vars(args),
-        "total_wall_s": round(time.perf_counter() - wall, 1),
-        "results": results,
-    }
-    out = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
-    table = markdown_table(results, f"Forward+backward throughput on {report['device']} ({args.dtype}, "
-                                    f"jax {jax.__version__}), best-of step time")
-    md_path = os.path.splitext(out)[0] + ".md"
-    with open(md_path, "w") as f:
-        f.write(table)
+    report, table = write(complete=True)
     print(table)
     print(f"wrote {out} and {md_path}")
     return report
