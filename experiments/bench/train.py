@@ -1,0 +1,226 @@
+"""Training throughput on CPU: cnnlab (JAX/Flax, the real training step) vs PyTorch eager, same run, same cores.
+
+    python -m experiments.bench.train [--threads=2] [--models=lenet5,resnet20] [--rounds=5]
+
+For each model both frameworks train the same architecture (LeNet-5 with ReLU/max-pool on 28x28 inputs padded to
+32x32; the CIFAR ResNet-20 with option-A shortcuts on 32x32x3) with the same global batch (128), optimizer (SGD,
+momentum 0.9, lr 0.01), float32 and thread count (the process is pinned to the first ``threads`` CPUs; torch uses
+``torch.set_num_threads(threads)``, XLA sizes its pool from the pinned CPUs).
+
+The cnnlab side times what ``train_and_evaluate`` runs: ``steps.make_train_fn`` (jit, donated state) fed uint8
+batches from the host (one host->device transfer per dispatch, normalisation on device), ``steps_per_dispatch``
+steps per jitted call (``lax.scan``); reported for 1 and 10 steps per dispatch. The PyTorch side gets its
+batches already as normalised float32 tensors (its best case: no conversion in the timed loop) and runs
+``zero_grad / forward / cross_entropy / backward / step`` eagerly.
+
+Variants run interleaved, ``--rounds`` times each; the best round of each is reported (the machine may be shared:
+the best round is the least disturbed one) along with the median. Output: JSON and a markdown table in
+``--out_dir`` (default experiments/bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+def _pin(threads: int) -> list[int]:
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def jax_runner(model_name: str, *, batch: int, steps_per_dispatch: int, steps: int):
+    """A closure that trains ``steps`` steps of cnnlab's train step and blocks; returns (run, description)."""
+    import jax
+    import numpy as np
+    import optax
+
+    from cnnlab import models, parallel
+    from cnnlab.train import state as state_lib
+    from cnnlab.train import steps as steps_lib
+
+    shape = (28, 28, 1) if model_name == "lenet5" else (32, 32, 3)
+    mesh = parallel.make_data_mesh(jax.devices()[:1])
+    model = models.get(model_name, num_classes=10)
+    tx = optax.sgd(0.01, momentum=0.9)
+    state, shardings = state_lib.create_train_state(model, tx, seed=0, input_shape=shape, mesh=mesh)
+    replicated = parallel.replicated(mesh)
+    train_fn = steps_lib.make_train_fn(shardings, replicated, model=model, tx=tx, num_classes=10,
+                                       mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1], augment=False, flip=False,
+                                       label_smoothing=0.0)
+    rng = np.random.default_rng(0)
+    host = {"image": rng.integers(0, 256, (steps_per_dispatch, batch, *shape), dtype=np.uint8),
+            "label": rng.integers(0, 10, (steps_per_dispatch, batch)).astype(np.int32),
+            "mask": np.ones((steps_per_dispatch, batch), bool)}
+    box = {"state": state, "metrics": jax.device_put(steps_lib.TrainMetrics.zeros(), replicated)}
+
+    def run():
+        for _ in range(max(steps // steps_per_dispatch, 1)):
+            device_batch = parallel.put_host_batch(host, mesh, leading_unsharded_axes=1)
+            box["state"], box["metrics"] = train_fn(box["state"], device_batch, box["metrics"])
+        jax.block_until_ready(box["state"])
+        return max(steps // steps_per_dispatch, 1) * steps_per_dispatch
+
+    return run
+
+
+def torch_runner(model_name: str, *, batch: int, steps: int):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class LeNet5(nn.Module):
+        """cnnlab's lenet5 (style "modern"): pad 28->32, conv5x5(6)-relu-maxpool, conv5x5(16)-relu-maxpool, 120-84-10."""
+
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.f5, self.f6, self.out = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.pad(x, (2, 2, 2, 2))
+            x = F.max_pool2d(F.relu(self.c1(x)), 2)
+            x = F.max_pool2d(F.relu(self.c2(x)), 2)
+            x = F.relu(self.f5(x.flatten(1)))
+            return self.out(F.relu(self.f6(x)))
+
+    class Block(nn.Module):
+        """He et al. CIFAR basic block, option-A shortcut (subsample + zero-pad channels), as cnnlab's resnet20."""
+
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            r = x[:, :, ::2, ::2] if self.stride == 2 else x
+            if self.extra:
+                r = F.pad(r, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+            return F.relu(y + r)
+
+    class ResNet20(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn = nn.BatchNorm2d(16)
+            layers, cin = [], 16
+            for i, width in enumerate((16, 32, 64)):
+                for j in range(3):
+                    layers.append(Block(cin, width, 2 if (i > 0 and j == 0) else 1))
+                    cin = width
+            self.layers = nn.Sequential(*layers)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.layers(F.relu(self.bn(self.stem(x))))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = LeNet5() if model_name == "lenet5" else ResNet20()
+    model.train()
+    shape = (1, 28, 28) if model_name == "lenet5" else (3, 32, 32)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        return steps
+
+    return run, sum(p.numel() for p in model.parameters())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="lenet5,resnet20")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+
+    cpus = _pin(args.threads)
+    import jax
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = {"threads": args.threads, "cpus": cpus, "batch": args.batch, "rounds": args.rounds,
+               "jax": jax.__version__, "torch": torch.__version__, "platform": platform.platform(),
+               "cpu": _cpu_name(), "load_average_before": os.getloadavg(), "models": {}}
+    for model_name in args.models.split(","):
+        steps = 20 if model_name == "lenet5" else 3
+        variants = {
+            "cnnlab (1 step/dispatch)": jax_runner(model_name, batch=args.batch, steps_per_dispatch=1, steps=steps),
+            "cnnlab (10 steps/dispatch)": jax_runner(model_name, batch=args.batch, steps_per_dispatch=10,
+                                                     steps=max(steps, 10)),
+        }
+        torch_run, torch_params = torch_runner(model_name, batch=args.batch, steps=steps)
+        variants["pytorch eager"] = torch_run
+        for run in variants.values():  # compile / warm up
+            run()
+        times = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                done = run()
+                times[name].append(done * args.batch / (time.perf_counter() - start))
+        best = {name: max(v) for name, v in times.items()}
+        entry = {"images_per_s_best": best, "images_per_s_median": {n: statistics.median(v) for n, v in times.items()},
+                 "images_per_s_all": times, "torch_params": torch_params,
+                 "ratio_best_vs_pytorch": {n: best[n] / best["pytorch eager"] for n in best}}
+        results["models"][model_name] = entry
+        for name in variants:
+            print(f"{model_name:9s} {name:28s} best {best[name]:9,.0f} img/s  median "
+                  f"{entry['images_per_s_median'][name]:9,.0f}  ratio {entry['ratio_best_vs_pytorch'][name]:.2f}",
+                  flush=True)
+    results["load_average_after"] = os.getloadavg()
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = os.path.join(args.out_dir, f"train_cpu_{args.threads}threads")
+    with open(stem + ".json", "w") as f:
+        json.dump(results, f, indent=2)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown_table(results))
+    print(f"Wrote {stem}.json and {stem}.md")
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"Training images/s on {results['threads']} CPU thread(s) ({results['cpu']}), batch {results['batch']}, "
+             f"best of {results['rounds']} interleaved rounds; load average before/after "
+             f"{results['load_average_before'][0]:.1f}/{results['load_average_after'][0]:.1f}.", "",
+             "| model | implementation | images/s (best) | images/s (median) | ratio vs PyTorch |",
+             "|---|---|---:|---:|---:|"]
+    for model, entry in results["models"].items():
+        for name, value in entry["images_per_s_best"].items():
+            lines.append(f"| {model} | {name} | {value:,.0f} | {entry['images_per_s_median'][name]:,.0f} | "
+                         f"{entry['ratio_best_vs_pytorch'][name]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
