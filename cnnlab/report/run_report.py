@@ -21,7 +21,10 @@ REPORT_NAME = "report.md"
 
 
 def format_number(value) -> str:
-    """How report tables write a number: ints as ints, floats with 6 significant digits, others via json."""
+    """How report tables write a value: ints as ints, floats with 6 significant digits, strings as they are,
+    anything else as JSON."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):

@@ -27,7 +27,7 @@ def test_write_report_contains_numbers_config_and_links(tmp_path):
     confusion_png = tmp_path / "confusion.png"
     confusion_png.write_bytes(b"\x89PNG\r\n\x1a\n")
     metrics = {"eval_accuracy": 0.99123456, "eval_loss": 0.0281234, "train_time_s": 73.25, "num_params": 61706,
-               "eval_top5_accuracy": np.float32(0.9999)}
+               "eval_top5_accuracy": np.float32(0.9999), "device": "1 x cpu (cpu), 1 process"}
     path = run_report.write_report(
         tmp_path, config=make_config(), final_metrics=metrics,
         plots={"Loss and accuracy": "plots/curves.png", "Confusion matrix": str(confusion_png)},
@@ -39,6 +39,7 @@ def test_write_report_contains_numbers_config_and_links(tmp_path):
     assert "| eval_loss | 0.0281234 |" in text
     assert "| train_time_s | 73.25 |" in text
     assert "| num_params | 61706 |" in text
+    assert "| device | 1 x cpu (cpu), 1 process |" in text
     assert "| eval_top5_accuracy | 0.9999 (99.99%) |" in text
     assert "| zero | 0.995 (99.50%) |" in text and "| one | 0.25 (25.00%) |" in text
     assert "| two | no examples |" in text
@@ -87,4 +88,5 @@ def test_format_number():
     assert run_report.format_number(0.1 + 0.2) == "0.3"
     assert run_report.format_number(np.float32(0.25)) == "0.25"
     assert run_report.format_number(True) == "True"
+    assert run_report.format_number("sgd") == "sgd"
     assert run_report.format_number([1, np.float64(2.5)]) == "[1, 2.5]"
