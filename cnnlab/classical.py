@@ -44,8 +44,9 @@ def descriptor_matrix(images: np.ndarray, *, connectivity: int = 8, levels: int 
                       ) -> tuple[np.ndarray, list[str]]:
     """Descriptors of ``images`` [N, H, W, 1] as a float64 matrix [N, D] and the D column names.
 
-    ``describe`` runs on fixed-size batches of ``batch_size`` (the last one padded), so it compiles once.
-    NaN/inf entries are kept (the classifier pipelines impute them).
+    ``describe`` runs on batches of one size (the last one padded): ``batch_size``, or for fewer images the
+    next power of two, so that a handful of compilations serve every N. NaN/inf entries are kept (the
+    classifier pipelines impute them).
     """
     unknown = [f for f in families if f not in descriptors.FAMILIES]
     if unknown:
@@ -55,7 +56,7 @@ def descriptor_matrix(images: np.ndarray, *, connectivity: int = 8, levels: int 
     if images.ndim != 4 or images.shape[-1] != 1 or len(images) == 0:
         raise ValueError(f"descriptor_matrix needs a non-empty batch [N, H, W, 1]; got {images.shape}.")
     columns = {name: [] for name in names}
-    batch_size = min(batch_size, len(images))
+    batch_size = min(batch_size, 1 << (len(images) - 1).bit_length())
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         real = len(chunk)

@@ -16,15 +16,16 @@ def _digits(count=300):
 
 
 def test_descriptor_matrix_columns_and_padding():
-    images, _ = _digits(70)
-    matrix, names = classical.descriptor_matrix(images, batch_size=32)   # 3 batches, the last one padded
-    assert matrix.shape == (70, len(descriptors.NAMES)) and names == list(descriptors.NAMES)
+    images, _ = _digits(128)
     direct = descriptors.describe(images)
+    matrix, names = classical.descriptor_matrix(images[:100])     # one batch of 128, the last 28 rows padding
+    assert matrix.shape == (100, len(descriptors.NAMES)) and names == list(descriptors.NAMES)
     for j, name in enumerate(names):
-        np.testing.assert_allclose(matrix[:, j], np.asarray(direct[name], np.float64), rtol=1e-5, atol=1e-9,
+        np.testing.assert_allclose(matrix[:, j], np.asarray(direct[name][:100], np.float64), rtol=1e-5, atol=1e-9,
                                    equal_nan=True)
-    only, only_names = classical.descriptor_matrix(images, families=("statistical",))
-    assert only_names == list(descriptors.FAMILIES["statistical"]) and only.shape == (70, 6)
+    only, only_names = classical.descriptor_matrix(images[:100], families=("statistical",))
+    assert only_names == list(descriptors.FAMILIES["statistical"]) and only.shape == (100, 6)
+    np.testing.assert_array_equal(only, matrix[:, -6:])
     with pytest.raises(ValueError, match="Unknown descriptor families"):
         classical.descriptor_matrix(images, families=("colour",))
     with pytest.raises(ValueError, match=r"\[N, H, W, 1\]"):
@@ -70,7 +71,7 @@ def test_run_experiment_end_to_end_on_digits(tmp_path):
     from experiments.configs import classical as classical_config
 
     config = classical_config.get_config("digits,runlocal")
-    config.train_size = 300
+    config.train_size = 400     # describe batches of 512 and 128, compiled already by the tests above
     config.test_size = 100
     config.classifiers = ("svm", "random_forest")
     config.family_classifiers = ("svm",)

@@ -69,10 +69,20 @@ CHUNK = 128
 
 @functools.partial(jax.jit, static_argnames=("connectivity", "levels", "has_threshold"))
 def _describe_batch(images, threshold, *, connectivity, levels, has_threshold):
-    def one(image, image_threshold):
+    def one(args):
+        image, image_threshold = args
         return describe_image(image, image_threshold if has_threshold else None,
                               connectivity=connectivity, levels=levels)
-    return jax.lax.map(lambda args: one(*args), (images, threshold), batch_size=CHUNK)
+
+    count = images.shape[0]
+    if count <= CHUNK:
+        return jax.vmap(one)((images, threshold))
+    # Pad to whole chunks so that lax.map compiles one chunk body (no separate remainder), then drop the pad.
+    padded = -(-count // CHUNK) * CHUNK
+    images = jnp.concatenate([images, jnp.zeros((padded - count,) + images.shape[1:], images.dtype)])
+    threshold = jnp.concatenate([threshold, jnp.zeros((padded - count,), threshold.dtype)])
+    values = jax.lax.map(one, (images, threshold), batch_size=CHUNK)
+    return {name: value[:count] for name, value in values.items()}
 
 
 def describe(images, *, connectivity: int = 8, threshold=None, levels: int = 256) -> dict[str, jax.Array]:

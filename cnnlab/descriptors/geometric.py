@@ -159,16 +159,18 @@ def central_moments(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     nearly equal products, and float32 moments leave them only about 1e-3 relative accuracy.
     """
     height, width = mask.shape
-    rows = jnp.arange(height, dtype=jnp.float64)[:, None]
-    cols = jnp.arange(width, dtype=jnp.float64)[None, :]
     m = mask.astype(jnp.float64)
-    area = jnp.sum(m)
+    row_counts, col_counts = jnp.sum(m, axis=1), jnp.sum(m, axis=0)
+    area = jnp.sum(row_counts)
     safe_area = jnp.maximum(area, 1.0)
-    dr = jnp.where(mask, rows - jnp.sum(m * rows) / safe_area, 0.0)
-    dc = jnp.where(mask, cols - jnp.sum(m * cols) / safe_area, 0.0)
-    powers_r = [m, dr, dr * dr, dr * dr * dr]
-    powers_c = [m, dc, dc * dc, dc * dc * dc]
-    mu = jnp.stack([jnp.stack([jnp.sum(powers_r[p] * powers_c[q]) for q in range(4)]) for p in range(4)])
+    rows = jnp.arange(height, dtype=jnp.float64)
+    cols = jnp.arange(width, dtype=jnp.float64)
+    dr = rows - jnp.sum(row_counts * rows) / safe_area            # [H], centred row coordinates
+    dc = cols - jnp.sum(col_counts * cols) / safe_area            # [W]
+    powers_r = jnp.stack([dr**p for p in range(4)], axis=1)       # [H, 4]
+    powers_c = jnp.stack([dc**q for q in range(4)], axis=1)       # [W, 4]
+    # mu[p, q] = sum_rc m[r, c] dr[r]^p dc[c]^q: two small matrix products.
+    mu = powers_r.T @ m @ powers_c
     return area, mu
 
 
