@@ -9,7 +9,8 @@ times, one after another in this process:
   scikit-learn   KNeighborsClassifier(algorithm="brute") on the uint8 arrays (float64 inside)
   faiss-cpu      IndexFlatL2 / IndexFlat(METRIC_L1) on float32 copies, + the same vote
   numpy          no-loop L2 (|q|^2 - 2 q.x + |x|^2 in float32 with one matrix product, argpartition), L2 only
-and reports seconds (best of --repeats), queries per second, accuracy, whether the predictions equal
+XLA_FLAGS gets --xla_flags (default: 512-bit vectors for XLA:CPU) before JAX starts. It reports seconds (best of
+--repeats), queries per second, accuracy, whether the predictions equal
 scikit-learn's, the peak resident memory the method added, and every peer's time divided by cnnlab's (> 1:
 cnnlab is faster). Writes knn_bench.json and knn_bench.md into --out_dir and prints the table.
 """
@@ -96,7 +97,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
     parser.add_argument("--out_dir", default="knn_bench")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--xla_flags", default="--xla_cpu_prefer_vector_width=512",
+                        help="added to XLA_FLAGS before JAX starts; the default lets XLA:CPU use 512-bit vectors "
+                             "(LLVM otherwise prefers 256-bit ones), about 20%% faster L1 on AVX-512 CPUs")
     args = parser.parse_args(argv)
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
 
     import jax
 
@@ -195,6 +201,7 @@ def main(argv=None):
         "k": args.k,
         "device": f"{jax.devices()[0].platform}: {_cpu_description()}",
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "gpu": "not measured (no accelerator lent to this task)",
         "rows": rows,
     }
