@@ -85,7 +85,7 @@ def _as_2d(x, name: str) -> tuple[Any, tuple[int, ...]]:
     if x.shape[0] == 0 or math.prod(x.shape[1:]) == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); give at least one point with one feature.")
     dtype = np.dtype(x.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating) or dtype == np.bool_):
         raise TypeError(f"{name} must have a real or integer dtype, got {dtype}.")
     return x.reshape(x.shape[0], -1), tuple(x.shape[1:])
 
@@ -98,7 +98,7 @@ def _value_range(x) -> tuple[float, float]:
 
 def _check_finite(x, name: str) -> None:
     dtype = np.dtype(x.dtype)
-    if not np.issubdtype(dtype, np.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):
         return
     finite = np.isfinite(x).all() if isinstance(x, np.ndarray) else bool(jnp.isfinite(x).all())
     if not finite:
@@ -115,7 +115,7 @@ def _mode_for(train_x, queries, metric: str) -> _Mode:
     """Chooses the exact arithmetic for the dtypes and value range of both inputs (host-side, before jit)."""
     dtypes = [np.dtype(train_x.dtype), np.dtype(queries.dtype)]
     dim = math.prod(train_x.shape[1:])
-    if any(np.issubdtype(d, np.floating) for d in dtypes):
+    if any(jnp.issubdtype(d, jnp.floating) for d in dtypes):
         largest = max(abs(v) for v in (*_value_range(train_x), *_value_range(queries)))
         float_max = float(jnp.finfo(_dist_dtype(_Mode("float"))).max)
         if dim * (2 * largest) ** 2 >= float_max:
@@ -676,7 +676,7 @@ def lowered_search(
     query_dtype = train_dtype if query_dtype is None else query_dtype
     mesh = mesh if mesh is not None else default_mesh()
     _check_metric(metric)
-    floating = np.issubdtype(np.dtype(train_dtype), np.floating) or np.issubdtype(np.dtype(query_dtype), np.floating)
+    floating = jnp.issubdtype(train_dtype, jnp.floating) or jnp.issubdtype(query_dtype, jnp.floating)
     mode = _Mode("float") if floating else _Mode("small_int", offset=0)
     plan = block_plan(
         train_shape[0], query_shape[0], train_shape[1], k=k, metric=metric, mode=mode.kind,

@@ -79,10 +79,11 @@ def test_uint8_extremes_are_exact_where_float32_expansion_would_round():
 
 
 @pytest.mark.parametrize("metric", ["l1", "l2"])
-def test_float_inputs_match_float64_reference(metric):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jax.numpy.bfloat16])
+def test_float_inputs_match_float64_reference(metric, dtype):
     rng = np.random.default_rng(2)
-    train = rng.normal(size=(150, 12)).astype(np.float32)
-    queries = rng.normal(size=(20, 12)).astype(np.float32)
+    train = rng.normal(size=(150, 12)).astype(dtype)
+    queries = rng.normal(size=(20, 12)).astype(dtype)
     want_d, want_i = reference_nearest(train, queries, 7, metric)
     d, i = knn.nearest(train, queries, k=7, metric=metric, query_block=8, train_block=64)
     np.testing.assert_array_equal(np.asarray(i), want_i)
