@@ -30,3 +30,4 @@ def tiny_config(**overrides):
 @pytest.fixture
 def make_config():
     return tiny_config
+

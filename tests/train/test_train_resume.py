@@ -71,7 +71,8 @@ def test_sigkill_mid_run_then_rerun_gives_identical_final_metrics(tmp_path):
 
 def test_restore_on_other_device_count_and_eval_mode(tmp_path, make_config):
     workdir = str(tmp_path / "run")
-    config = make_config(num_epochs=2, checkpoint_every_steps=30, num_devices=8)
+    config = make_config(num_epochs=2, checkpoint_every_steps=30, num_devices=8, steps_per_dispatch=11,
+                         log_every_steps=11)
     results = train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         evals = {r["step"]: r for r in map(json.loads, f) if "eval_accuracy" in r}
@@ -85,7 +86,8 @@ def test_restore_on_other_device_count_and_eval_mode(tmp_path, make_config):
     assert json.load(open(os.path.join(workdir, "eval_results.json")))["step"] == best
 
     # Continue the same run for a third epoch on 2 devices: it restores step 88 and trains 44 more steps.
-    more = train_and_evaluate(make_config(num_epochs=3, checkpoint_every_steps=30, num_devices=2), workdir)
+    more = train_and_evaluate(make_config(num_epochs=3, checkpoint_every_steps=30, num_devices=2,
+                                          steps_per_dispatch=11, log_every_steps=11), workdir)
     assert more["steps"] == 132 and more["device"].startswith("2 x")
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         steps = [r["step"] for r in map(json.loads, f) if "eval_accuracy" in r]
