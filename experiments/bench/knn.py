@@ -9,8 +9,9 @@ times, one after another in this process:
   scikit-learn   KNeighborsClassifier(algorithm="brute") on the uint8 arrays (float64 inside)
   faiss-cpu      IndexFlatL2 / IndexFlat(METRIC_L1) on float32 copies, + the same vote
   numpy          no-loop L2 (|q|^2 - 2 q.x + |x|^2 in float32 with one matrix product, argpartition), L2 only
-XLA_FLAGS gets --xla_flags (default: 512-bit vectors for XLA:CPU) before JAX starts. It reports seconds (best of
---repeats), queries per second, accuracy, whether the predictions equal
+XLA_FLAGS gets --xla_flags (default: 512-bit vectors for XLA:CPU) before JAX starts. The methods run round robin
+(so a shared machine's changing load hits all alike), each 2 to --repeats times (not repeated beyond 2 once it used
+--budget_s seconds). It reports seconds (best run), queries per second, accuracy, whether the predictions equal
 scikit-learn's, the peak resident memory the method added, and every peer's time divided by cnnlab's (> 1:
 cnnlab is faster). Writes knn_bench.json and knn_bench.md into --out_dir and prints the table.
 """
@@ -94,7 +95,10 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--metrics", default="l2,l1")
     parser.add_argument("--peers", default="sklearn,faiss,numpy", help="comma list of sklearn, faiss, numpy")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="most timed runs per method (the best is reported)")
+    parser.add_argument("--min_repeats", type=int, default=2, help="fewest timed runs per method")
+    parser.add_argument("--budget_s", type=float, default=30.0,
+                        help="a method is not repeated beyond --min_repeats once its runs took this long")
     parser.add_argument("--out_dir", default="knn_bench")
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--xla_flags", default="--xla_cpu_prefer_vector_width=512",
@@ -137,22 +141,21 @@ def main(argv=None):
               f"+{memory_mib:.0f} MiB", flush=True)
 
     for metric in metrics:
-        # cnnlab: compile once (small warm-up with the same shapes is the real call), then time.
+        methods = {}  # name -> (predict function, extra fields)
+        # cnnlab: the first call compiles (timed separately); the timed calls reuse the executable.
         began = time.perf_counter()
         knn.predict(train_x, train_y, test_x, k=args.k, metric=metric, tie_break="smallest_label")
         first_call = time.perf_counter() - began
-        seconds, memory, predictions = _timed(
+        methods["cnnlab"] = (
             lambda: knn.predict(train_x, train_y, test_x, k=args.k, metric=metric, tie_break="smallest_label"),
-            args.repeats)
-        record("cnnlab", metric, seconds, memory, predictions, {"first_call_s_with_compile": first_call})
+            {"first_call_s_with_compile": first_call})
 
         if "sklearn" in peers:
             from sklearn.neighbors import KNeighborsClassifier
 
             model = KNeighborsClassifier(n_neighbors=args.k, algorithm="brute",
                                          metric={"l1": "manhattan", "l2": "euclidean"}[metric]).fit(train_x, train_y)
-            seconds, memory, predictions = _timed(lambda: model.predict(test_x), args.repeats)
-            record("scikit-learn", metric, seconds, memory, predictions)
+            methods["scikit-learn"] = (lambda: model.predict(test_x), {})
 
         if "faiss" in peers:
             import faiss
@@ -163,28 +166,42 @@ def main(argv=None):
                 faiss.IndexFlat(train_f32.shape[1], faiss.METRIC_L1)
             index.add(train_f32)
 
-            def faiss_predict():
+            def faiss_predict(index=index, test_f32=test_f32):
                 _, idx = index.search(test_f32, args.k)
                 return _vote_smallest_label(train_y[idx], num_classes)
 
-            seconds, memory, predictions = _timed(faiss_predict, args.repeats)
-            record("faiss-cpu", metric, seconds, memory, predictions,
-                   {"faiss_threads": faiss.omp_get_max_threads()})
-            del index, train_f32
+            methods["faiss-cpu"] = (faiss_predict, {"faiss_threads": faiss.omp_get_max_threads()})
 
         if "numpy" in peers and metric == "l2":
-            train_f32 = train_x.astype(np.float32)
-            test_f32 = test_x.astype(np.float32)
-            train_sq = (train_f32 * train_f32).sum(1)
+            numpy_train = train_x.astype(np.float32)
+            numpy_test = test_x.astype(np.float32)
+            train_sq = (numpy_train * numpy_train).sum(1)
 
             def numpy_predict():
-                dist = (test_f32 * test_f32).sum(1)[:, None] - 2 * test_f32 @ train_f32.T + train_sq[None, :]
+                dist = (numpy_test * numpy_test).sum(1)[:, None] - 2 * numpy_test @ numpy_train.T + train_sq[None, :]
                 idx = np.argpartition(dist, args.k - 1, axis=1)[:, : args.k]
                 return _vote_smallest_label(train_y[idx], num_classes)
 
-            seconds, memory, predictions = _timed(numpy_predict, args.repeats)
-            record("numpy no-loop", metric, seconds, memory, predictions)
-            del train_f32
+            methods["numpy no-loop"] = (numpy_predict, {})
+
+        # Round robin, so that changes in the load of a shared machine hit every method alike; a method stops
+        # being repeated once it has used --budget_s seconds (slow peers run --min_repeats times).
+        best = {name: float("inf") for name in methods}
+        peak = {name: 0.0 for name in methods}
+        spent = {name: 0.0 for name in methods}
+        runs = {name: 0 for name in methods}
+        results = {}
+        for round_index in range(args.repeats):
+            for name, (fn, _) in methods.items():
+                if round_index >= args.min_repeats and spent[name] >= args.budget_s:
+                    continue
+                seconds, memory, results[name] = _timed(fn, 1)
+                best[name], peak[name] = min(best[name], seconds), max(peak[name], memory)
+                spent[name] += seconds
+                runs[name] += 1
+        for name, (_, extra) in methods.items():
+            record(name, metric, best[name], peak[name], results[name], {"timed_runs": runs[name], **extra})
+        del methods
 
     reference = {r["metric"]: r["predictions"] for r in rows if r["method"] == "scikit-learn"}
     cnnlab_seconds = {r["metric"]: r["seconds"] for r in rows if r["method"] == "cnnlab"}
