@@ -33,6 +33,7 @@ from absl import logging
 
 RESULTS_NAME = "results.json"
 CONFIG_NAME = "config.json"
+JOB_TIME_NAME = "compare_job.json"  # written by run_job: the job's wall time when it last ran to the end
 
 # kind -> (module, function): the same job functions experiments/main.py dispatches to (it is not imported here
 # because importing it defines absl flags a second time inside `python -m experiments.main`).
@@ -220,10 +221,14 @@ def run_job(method: str, job_config, job_workdir: str) -> bool:
     logging.info("compare: running %s (%s) in %s", method, kind, job_workdir)
     start = time.perf_counter()
     function(job_config, job_workdir)
-    logging.info("compare: %s finished in %.1f s", method, time.perf_counter() - start)
+    wall_s = time.perf_counter() - start
+    logging.info("compare: %s finished in %.1f s", method, wall_s)
     if not os.path.isfile(os.path.join(job_workdir, RESULTS_NAME)):
         raise RuntimeError(f"The {kind!r} job {method!r} finished without writing {job_workdir}/{RESULTS_NAME}; "
                            "every job must write its final figures there.")
+    # The job's whole wall time (data loading, compilation, evaluation, plots), kept for later invocations.
+    with open(os.path.join(job_workdir, JOB_TIME_NAME), "w", encoding="utf-8") as f:
+        json.dump({"wall_s": wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
     return True
 
 
@@ -276,6 +281,11 @@ def method_row(method: str, job_config, job_workdir: str, root: str) -> dict:
             raise KeyError(f"{rel_path} of {method!r} has none of the keys {list(keys)} needed for {field}; it "
                            f"has {sorted(results)}.")
     row["sources"] = sources
+    row["job_wall_s"] = None
+    job_time_path = os.path.join(job_workdir, JOB_TIME_NAME)
+    if os.path.isfile(job_time_path):
+        row["job_wall_s"] = _number(read_json(job_time_path).get("wall_s"), "job wall time", method)
+        sources["job_wall_s"] = os.path.relpath(job_time_path, root).replace(os.sep, "/") + ":wall_s"
     if row["kind"] == "classical":
         _add_descriptor_time(row, results, rel_path)
     if row["kind"] == "knn":
@@ -383,7 +393,12 @@ def comparison_markdown(comparison: Mapping) -> str:
             f"| {row['method']} | {100 * row['test_accuracy']:.2f}% | {count} | {trained} | "
             f"{_format_seconds(row['train_time_s'])} | {_format_seconds(row['inference_s_per_1000'])} | "
             f"{_format_size(row)} | {(row['chosen'] or '').replace('|', '/')} | {row['device'] or 'not reported'} |")
-    lines += ["", f"Wall time of this invocation: {_format_seconds(comparison['wall_s'])} "
+    timed = [(r["method"], r["job_wall_s"]) for r in rows if r.get("job_wall_s") is not None]
+    per_job = ", ".join(f"{method} {_format_seconds(seconds)}" for method, seconds in timed)
+    total = _format_seconds(sum(seconds for _, seconds in timed))
+    lines += ["", (f"Wall time of the jobs (start to results: data loading, compilation, evaluation and plots "
+                   f"included): {per_job}; total {total}.") if timed else "",
+              f"Wall time of this invocation: {_format_seconds(comparison['wall_s'])} "
               f"(jobs run now: {', '.join(r['method'] for r in rows if r['ran_now']) or 'none, all were done'}).",
               "", "Every number is read from the jobs' own results files:", ""]
     for row in rows:

@@ -71,7 +71,9 @@ def test_run_builds_comparison_from_results_and_skips_done_jobs(tmp_path, monkey
         "test_accuracy": "classical/results.json:best.test_accuracy", "train_time_s": "classical/results.json:best.train_time_s",
         "inference_s_per_1000": "classical/results.json:best.inference_s_per_1000",
         "test_count": "classical/results.json:test_size", "device": "classical/results.json:device",
-        "chosen": "classical/results.json:best.method"}
+        "chosen": "classical/results.json:best.method", "job_wall_s": "classical/compare_job.json:wall_s"}
+    job_time = json.loads((tmp_path / "classical" / "compare_job.json").read_text())
+    assert rows["classical"]["job_wall_s"] == job_time["wall_s"] > 0
     assert all(r["ran_now"] for r in rows.values())
     on_disk = json.loads((tmp_path / "comparison.json").read_text())
     assert on_disk["methods"] == comparison["methods"]
