@@ -10,7 +10,6 @@ See docs/models.md for every name, the input sizes it accepts and its parameter 
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn

@@ -124,7 +124,6 @@ def bench_model(name: str, shape: tuple[int, ...], *, num_classes: int, dtype: A
 
 def _torch_reference(name: str, num_classes: int, in_channels: int):
     """The same architecture written in PyTorch (peer), for lenet5 and the CIFAR ResNets; None otherwise."""
-    import torch
     from torch import nn as tnn
     import torch.nn.functional as F
 
