@@ -434,7 +434,7 @@ def plot_comparison(methods: Sequence[Mapping], out_png: str, *, title: str | No
     for kind, colour in colours.items():
         if any(r["kind"] == kind for r in methods):
             ax.scatter([], [], color=colour, label={"train": "CNN", "knn": "kNN"}.get(kind, kind))
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)  # the corner with fewest points
     ax.set_title(title or "accuracy against training time")
     fig.savefig(out_png)
     return out_png
