@@ -12,9 +12,10 @@ sub-workdir). A job with no results yet is (re)started and resumes from its own 
 The comparison is then built only from what the jobs wrote: each row of ``comparison.json`` names, for every
 number, the file and key it was read from (``"sources"``), so every figure can be traced to the run. Outputs:
 
-  comparison.json  {"dataset", "split", "machine", "methods": [{"method", "kind", "test_accuracy",
-                   "train_time_s", "inference_s_per_1000", "num_params", "model_bytes", "device", "sources",
-                   "ran_now"}, ...], "wall_s"}
+  comparison.json  {"dataset", "split_description", "command", "machine", "methods": [{"method", "kind",
+                   "test_accuracy", "test_count", "train_count", "epochs", "train_time_s",
+                   "inference_s_per_1000", "num_params", "model_bytes", "device", "chosen", "job_wall_s",
+                   "sources", "ran_now"}, ...], "wall_s"}   (None where a job does not report a figure)
   comparison.md    the same as a table, with the machine and the command
   comparison.png   test accuracy against training time (log x), one labelled point per method
 """
