@@ -8,7 +8,7 @@ images, smaller models). Writes config.json, results.json ("best" = method, test
 inference_s_per_1000), results.md and textures.png. Expected (measured on 2 shared CPU cores; tables in
 docs/classical.md): best digits svm/pixels 0.986 (svm/descriptors 0.811); MNIST random_forest/both 0.961
 (svm/pixels 0.949, svm/descriptors 0.804); Fashion-MNIST svm/both 0.866 (svm/pixels 0.863, svm/descriptors
-0.758). Runtime on a loaded 2-core machine: about 1 min (digits), 25 min (MNIST), 20 min (Fashion-MNIST);
+0.758). Runtime on a loaded 2-core machine: about 3 min (digits), 27 min (MNIST), 18 min (Fashion-MNIST);
 runlocal about 1 min.
 """
 

@@ -153,3 +153,13 @@ def test_packed_skeleton_on_wide_images_spans_several_words():
     rows = topological.pack_rows(jnp.asarray(masks[0]))
     assert rows.shape == (12, 3) and rows.dtype == jnp.uint32
     np.testing.assert_array_equal(np.asarray(topological.unpack_rows(rows, 70)), masks[0])
+
+
+def test_components_on_odd_sized_images():
+    """8-adjacency labels 2x2 blocks: odd heights and widths are padded with background; check both."""
+    masks = random_masks(60, seed=9, height=13, width=17)
+    for connectivity in (4, 8):
+        counts = np.asarray(jax.jit(jax.vmap(lambda m, c=connectivity: topological.components(m, c)))(
+            jnp.asarray(masks)))
+        expected = [measure.label(m, connectivity=connectivity // 4).max() for m in masks]
+        np.testing.assert_array_equal(counts, expected)
