@@ -262,3 +262,22 @@ def test_cross_validate_structure_and_values():
     assert summary["best"] == {"k": cv.best_k, "metric": cv.best_metric, "mean_accuracy": cv.best_accuracy}
     again = knn.cross_validate(points, labels, ks=ks, metrics=metrics, folds=3, seed=7)
     np.testing.assert_array_equal(again.accuracy, cv.accuracy)
+
+
+@pytest.mark.parametrize("native_fp16", [True, False])
+def test_l1_tile_type_follows_the_cpu_and_stays_exact(monkeypatch, native_fp16):
+    # float16 tiles only where the CPU has AVX512-FP16; AVX2-only CPUs get float32 tiles. Both must be exact.
+    monkeypatch.setattr(knn, "cpu_has_native_fp16", lambda: native_fp16)
+    knn._compiled_search.cache_clear()
+    try:
+        assert knn.l1_tile_dtype("cpu") == (np.float16 if native_fp16 else np.float32)
+        assert knn.l1_tile_dtype("gpu") == np.float16
+        rng = np.random.default_rng(7)
+        train_x = rng.integers(0, 256, size=(300, 40), dtype=np.uint8)
+        queries = rng.integers(0, 256, size=(37, 40), dtype=np.uint8)
+        distances, indices = knn.nearest(train_x, queries, k=6, metric="l1", mesh=one_device_mesh())
+        want_d, want_i = reference_nearest(train_x, queries, 6, "l1")
+        np.testing.assert_array_equal(np.asarray(indices), want_i)
+        np.testing.assert_array_equal(np.asarray(distances), want_d)
+    finally:
+        knn._compiled_search.cache_clear()
