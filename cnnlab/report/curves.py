@@ -111,9 +111,12 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
         if kind_series:
             ax.legend(fontsize=8)
             if percent:
-                last = {k: (s[-1], 100 * v[-1]) for k, (s, v) in kind_series.items() if not k.startswith("train")}
+                # The final value of the headline metric (eval_accuracy when logged; else every eval series).
+                shown = ["eval_accuracy"] if "eval_accuracy" in kind_series else list(kind_series)
+                last = {k: (s[-1], 100 * v[-1]) for k, (s, v) in kind_series.items()
+                        if k in shown and not k.startswith("train")}
                 for key, (step, value) in last.items():
-                    ax.annotate(f"{value:.2f}%", (step, value), textcoords="offset points", xytext=(-4, 6),
+                    ax.annotate(f"{value:.2f}%", (step, value), textcoords="offset points", xytext=(-4, -12),
                                 ha="right", fontsize=8)
         else:
             ax.text(0.5, 0.5, f"no {kind} logged", ha="center", va="center", transform=ax.transAxes, color="grey")
