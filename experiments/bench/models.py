@@ -226,6 +226,13 @@ def device_description() -> str:
     return f"{device.platform}: {kind}"
 
 
+def _rate(v: float | None) -> str:
+    """Three significant figures without exponents (6211, 35.2, 0.218)."""
+    if v is None:
+        return "n/a"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
 def markdown_table(results: list[dict[str, Any]], header: str) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
     lines = [header, "",
@@ -238,8 +245,8 @@ def markdown_table(results: list[dict[str, Any]], header: str) -> str:
         lines.append(
             f"| {r['model']} | {tuple(r['input_shape'])} | {r['num_params']:,} | "
             f"{fmt(r['forward_gflops_per_image'], '.3f')} | {fmt(r['train_step_gflops_per_image'], '.3f')} | "
-            f"{r['images_per_s']:.1f} | {fmt(r['achieved_gflops_per_s'], '.1f')} | {r['compile_s']:.1f} | "
-            f"{fmt(torch_ips, '.1f')}{'' if torch_ips is None else ' (%d)' % r['torch_threads']} | "
+            f"{_rate(r['images_per_s'])} | {fmt(r['achieved_gflops_per_s'], '.1f')} | {r['compile_s']:.1f} | "
+            f"{_rate(torch_ips)}{'' if torch_ips is None else ' (%d)' % r['torch_threads']} | "
             f"{fmt(ratio, '.2f')} |")
     return "\n".join(lines) + "\n"
 
