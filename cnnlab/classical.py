@@ -28,6 +28,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import adjusted_rand_score
 from sklearn.metrics.cluster import contingency_matrix
+from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -116,21 +117,26 @@ def clustering_scores(features: np.ndarray, labels: np.ndarray, *, num_clusters:
             "purity": purity(labels, clusters), "fit_time_s": time.perf_counter() - start}
 
 
-def fit_and_score(model: Pipeline, x_train, y_train, x_test, y_test, *, feature_s_per_1000: float = 0.0) -> dict:
-    """Fits ``model``; test/train accuracy, fit time, and end-to-end inference time per 1000 images
-    (``feature_s_per_1000``, the time to compute these features, plus the pipeline's predict time)."""
+def fit_and_score(model: Pipeline, x_train, y_train, x_test, y_test, *, feature_s_per_1000: float = 0.0,
+                  x_val=None, y_val=None) -> dict:
+    """Fits ``model``; test/train (and, given ``x_val``/``y_val``, validation) accuracy, fit time, and end-to-end
+    inference time per 1000 images (``feature_s_per_1000``, the time to compute these features, plus the
+    pipeline's predict time)."""
     start = time.perf_counter()
     model.fit(x_train, y_train)
     train_time = time.perf_counter() - start
     start = time.perf_counter()
     predictions = model.predict(x_test)
     predict_time = time.perf_counter() - start
-    return {
+    scores = {
         "test_accuracy": float(np.mean(predictions == y_test)),
         "train_accuracy": float(np.mean(model.predict(x_train) == y_train)),
         "train_time_s": train_time,
         "inference_s_per_1000": feature_s_per_1000 + 1000.0 * predict_time / len(x_test),
     }
+    if x_val is not None:
+        scores["validation_accuracy"] = float(np.mean(model.predict(x_val) == y_val))
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------- textures
@@ -229,6 +235,11 @@ def run_experiment(config, workdir: str) -> dict:
     train_sets, names = _features(config, x_train, families)
     test_sets, _ = _features(config, x_test, families)
 
+    # The best pipeline is chosen on a stratified validation part of the training subset, never on the test
+    # split: every pipeline is fitted on the rest of the training subset and scored on both.
+    fit_rows, val_rows = train_test_split(np.arange(len(y_train)), test_size=config.validation_fraction,
+                                          stratify=y_train, random_state=config.seed)
+
     rows = []
     for feature_set in config.feature_sets:
         classifiers = config.classifiers if feature_set in ("descriptors", "pixels", "both") \
@@ -238,11 +249,13 @@ def run_experiment(config, workdir: str) -> dict:
                                     forest_trees=config.forest_trees, mlp_hidden=tuple(config.mlp_hidden),
                                     mlp_max_iter=config.mlp_max_iter)
             (x_tr, _), (x_te, feature_s) = train_sets[feature_set], test_sets[feature_set]
-            scores = fit_and_score(model, x_tr, y_train, x_te, y_test, feature_s_per_1000=feature_s)
+            scores = fit_and_score(model, x_tr[fit_rows], y_train[fit_rows], x_te, y_test,
+                                   feature_s_per_1000=feature_s, x_val=x_tr[val_rows], y_val=y_train[val_rows])
             rows.append({"method": f"{classifier}/{feature_set}", "classifier": classifier,
                          "features": feature_set, "num_features": int(x_tr.shape[1]), **scores})
             print(f"[classical] {config.dataset} {classifier:>13} on {feature_set:<11}: "
-                  f"test accuracy {scores['test_accuracy']:.4f}  fit {scores['train_time_s']:.1f}s", flush=True)
+                  f"validation {scores['validation_accuracy']:.4f}  test {scores['test_accuracy']:.4f}  "
+                  f"fit {scores['train_time_s']:.1f}s", flush=True)
 
     clustering = []
     for feature_set in config.cluster_feature_sets:
@@ -254,14 +267,16 @@ def run_experiment(config, workdir: str) -> dict:
     table = texture_table(textures, config.levels)
     plot_textures(textures, table, os.path.join(workdir, "textures.png"))
 
-    best = max(rows, key=lambda r: r["test_accuracy"])
+    best = max(rows, key=lambda r: r["validation_accuracy"])  # first of equals: config order
     results = {
-        "dataset": config.dataset, "train_size": int(len(x_train)), "test_size": int(len(x_test)),
+        "dataset": config.dataset, "train_size": int(len(fit_rows)), "validation_size": int(len(val_rows)),
+        "test_size": int(len(x_test)),
         "connectivity": config.connectivity, "descriptor_names": names,
         "descriptor_s_per_1000_images": train_sets["descriptors"][1],
         "device": jax.devices()[0].device_kind if jax.devices() else "unknown",
         "classifiers": rows, "clustering": clustering, "textures": table,
-        "best": {"method": best["method"], "test_accuracy": best["test_accuracy"],
+        "best": {"method": best["method"], "validation_accuracy": best["validation_accuracy"],
+                 "test_accuracy": best["test_accuracy"],
                  "train_time_s": best["train_time_s"], "inference_s_per_1000": best["inference_s_per_1000"]},
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -273,20 +288,24 @@ def run_experiment(config, workdir: str) -> dict:
 
 def results_markdown(results: dict) -> str:
     lines = [f"# Classical pipeline on {results['dataset']}", "",
-             f"Train subset {results['train_size']} images, test {results['test_size']} images; descriptors "
+             f"Fitted on {results['train_size']} training images, chosen on {results['validation_size']} held-out "
+             f"training images (validation), tested on {results['test_size']} test images; descriptors "
              f"under {results['connectivity']}-adjacency computed at "
              f"{results['descriptor_s_per_1000_images']:.3f} s per 1000 images ({results['device']}).", "",
-             "| method | features (D) | test accuracy | train accuracy | fit time (s) | inference s/1000 |",
-             "|---|---|---|---|---|---|"]
+             "| method | features (D) | validation accuracy | test accuracy | train accuracy | fit time (s) | "
+             "inference s/1000 |",
+             "|---|---|---|---|---|---|---|"]
     for r in results["classifiers"]:
-        lines.append(f"| {r['classifier']} | {r['features']} ({r['num_features']}) | {r['test_accuracy']:.4f} | "
+        lines.append(f"| {r['classifier']} | {r['features']} ({r['num_features']}) | "
+                     f"{r['validation_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
                      f"{r['train_accuracy']:.4f} | {r['train_time_s']:.2f} | {r['inference_s_per_1000']:.3f} |")
     lines += ["", "KMeans (k = number of classes) on the training subset:", "",
               "| features | adjusted Rand index | purity |", "|---|---|---|"]
     for c in results["clustering"]:
         lines.append(f"| {c['features']} | {c['adjusted_rand_index']:.4f} | {c['purity']:.4f} |")
     best = results["best"]
-    lines += ["", f"Best: **{best['method']}**, test accuracy {best['test_accuracy']:.4f}.", "",
+    lines += ["", f"Best on validation: **{best['method']}** (validation accuracy "
+              f"{best['validation_accuracy']:.4f}), test accuracy {best['test_accuracy']:.4f}.", "",
               "Gonzalez & Woods statistics of three synthetic textures (textures.png):", "",
               texture_markdown(results["textures"]), ""]
     return "\n".join(lines)

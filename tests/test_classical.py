@@ -79,7 +79,13 @@ def test_run_experiment_end_to_end_on_digits(tmp_path):
     results = classical.run_experiment(config, str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["best"]["method"] == results["best"]["method"]
-    assert set(saved["best"]) == {"method", "test_accuracy", "train_time_s", "inference_s_per_1000"}
+    assert set(saved["best"]) == {"method", "validation_accuracy", "test_accuracy", "train_time_s",
+                                  "inference_s_per_1000"}
+    # The best pipeline is chosen on validation accuracy (held out from train), never on the test split.
+    best_row = max(saved["classifiers"], key=lambda r: r["validation_accuracy"])
+    assert saved["best"]["method"] == best_row["method"]
+    assert saved["best"]["test_accuracy"] == best_row["test_accuracy"]
+    assert (saved["train_size"], saved["validation_size"], saved["test_size"]) == (360, 40, 100)
     methods = {r["method"] for r in saved["classifiers"]}
     assert "svm/descriptors" in methods and "random_forest/both" in methods and "svm/topological" in methods
     assert len(saved["clustering"]) == 3 and saved["test_size"] == 100
