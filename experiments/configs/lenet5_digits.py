@@ -23,7 +23,7 @@ def get_config(arg=None):
     c.momentum = 0.9
     c.weight_decay = 5e-4
     c.schedule = "cosine"
-    c.steps_per_dispatch = 4
+    c.steps_per_dispatch = 1
     c.log_every_steps = 22
     c.checkpoint_every_steps = 50
     if "runlocal" in common.parse_arg(arg):

@@ -26,7 +26,7 @@ def get_config(arg=None):
     c.schedule = "cosine"
     c.warmup_epochs = 1.0
     c.augment = False      # digits must not be flipped
-    c.steps_per_dispatch = 10
+    c.steps_per_dispatch = 1
     c.log_every_steps = 100
     c.checkpoint_every_steps = 0
     if "runlocal" in common.parse_arg(arg):
