@@ -151,7 +151,7 @@ def _setup(config, workdir: str) -> _Run:
     data_dir = config.get("data_dir") or None
     train = data.load(config.dataset, config.get("train_split", "train"), data_dir=data_dir)
     test = data.load(config.dataset, config.get("eval_split", "test"), data_dir=data_dir)
-    info = data.info(config.dataset)
+    info = data.info(config.dataset, data_dir=data_dir)  # the prepared data's own mean/std
     steps_per_epoch = pipeline.num_batches(len(train.labels), config.batch_size, drop_remainder=True)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train.labels)} training examples "
