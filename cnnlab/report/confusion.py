@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnnlab.report._paths import check_png_path
+
 # Above this many classes the cells are too small for numbers and per-class tick labels.
 _MAX_ANNOTATED_CLASSES = 20
 _MAX_LABELLED_CLASSES = 40
@@ -73,7 +75,7 @@ def plot_confusion(matrix, class_names: Sequence[str], out_png: str | os.PathLik
     Returns:
       The PNG path.
     """
-    out_png = _check_png_path(out_png)
+    out_png = check_png_path(out_png)
     matrix = _check_matrix(matrix)
     class_names = [str(n) for n in class_names]
     num_classes = matrix.shape[0]
@@ -115,14 +117,4 @@ def plot_confusion(matrix, class_names: Sequence[str], out_png: str | os.PathLik
     heading = f"accuracy {100 * accuracy:.2f}% on {int(total) if is_integer else total} examples"
     fig.suptitle(f"{title}: {heading}" if title else heading)
     fig.savefig(out_png)
-    return out_png
-
-
-def _check_png_path(out_png) -> str:
-    out_png = os.fspath(out_png)
-    if not out_png.lower().endswith(".png"):
-        raise ValueError(f"Output path {out_png!r} must end in .png.")
-    parent = os.path.dirname(out_png)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     return out_png

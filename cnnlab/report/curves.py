@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnnlab.report._paths import check_png_path
+
 _KINDS = ("loss", "accuracy")
 
 
@@ -82,7 +84,7 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
     Raises ValueError when the file holds neither a loss nor an accuracy series (or is empty / malformed) and
     FileNotFoundError when it is missing.
     """
-    out_png = _check_png_path(out_png)
+    out_png = check_png_path(out_png)
     records = read_metrics(metrics_jsonl_path)
     series = {kind: metric_series(records, kind) for kind in _KINDS}
     if not any(series.values()):
@@ -123,14 +125,4 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
     if title:
         fig.suptitle(title)
     fig.savefig(out_png)
-    return out_png
-
-
-def _check_png_path(out_png) -> str:
-    out_png = os.fspath(out_png)
-    if not out_png.lower().endswith(".png"):
-        raise ValueError(f"Output path {out_png!r} must end in .png.")
-    parent = os.path.dirname(out_png)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     return out_png

@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnnlab.report._paths import check_png_path
+
 
 def _natural_key(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -93,7 +95,7 @@ def plot_feature_maps(feature_maps: Mapping[str, object], out_png: str | os.Path
     Returns:
       The PNG path.
     """
-    out_png = _check_png_path(out_png)
+    out_png = check_png_path(out_png)
     if not isinstance(feature_maps, Mapping):
         raise TypeError(f"feature_maps must be a dict of stage name -> array; got {type(feature_maps).__name__}.")
     if not feature_maps:
@@ -139,14 +141,4 @@ def plot_feature_maps(feature_maps: Mapping[str, object], out_png: str | os.Path
     heading = f"feature maps: first {columns} channels per stage"
     fig.suptitle(f"{title}: {heading}" if title else heading, fontsize=10)
     fig.savefig(out_png)
-    return out_png
-
-
-def _check_png_path(out_png) -> str:
-    out_png = os.fspath(out_png)
-    if not out_png.lower().endswith(".png"):
-        raise ValueError(f"Output path {out_png!r} must end in .png.")
-    parent = os.path.dirname(out_png)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     return out_png

@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnnlab.report._paths import check_png_path
+
 
 def normalize_filters(kernel) -> np.ndarray:
     """Per-filter min-max normalisation to [0, 1]: ``[kh, kw, cin, cout]`` -> same shape, float32.
@@ -49,7 +51,7 @@ def plot_filters(kernel, out_png: str | os.PathLike, *, max_filters: int = 64, m
     For ``cin != 3`` each filter shows its first ``max_input_channels`` input channels side by side in grey.
     Returns the PNG path.
     """
-    out_png = _check_png_path(out_png)
+    out_png = check_png_path(out_png)
     kernel = _check_kernel(kernel)
     if max_filters < 1 or max_input_channels < 1:
         raise ValueError(f"max_filters and max_input_channels must be >= 1; got {max_filters}, {max_input_channels}.")
@@ -87,14 +89,4 @@ def plot_filters(kernel, out_png: str | os.PathLike, *, max_filters: int = 64, m
     heading = f"first-layer filters: {shown} of {cout}, {kh}x{kw}, {what}"
     fig.suptitle(f"{title}: {heading}" if title else heading, fontsize=10)
     fig.savefig(out_png)
-    return out_png
-
-
-def _check_png_path(out_png) -> str:
-    out_png = os.fspath(out_png)
-    if not out_png.lower().endswith(".png"):
-        raise ValueError(f"Output path {out_png!r} must end in .png.")
-    parent = os.path.dirname(out_png)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
     return out_png
