@@ -73,3 +73,30 @@ def apply_runlocal(c: ml_collections.ConfigDict, *, num_train_steps: int = 60, b
     c.log_every_steps = 10
     c.checkpoint_every_steps = 0
     return c
+
+
+def he2016_cifar_resnet(dataset: str, model: str, arg=None):
+    """He et al. 2016 (Sec. 4.2) CIFAR ResNet recipe: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1
+    divided by 10 at 32k and 48k iterations, 64k iterations, crop + flip augmentation. ``arg``: "runlocal"
+    (50 steps, batch 64) and/or "bf16" (bfloat16 compute)."""
+    args = parse_arg(arg)
+    c = base_config()
+    c.dataset = dataset
+    c.model = model
+    c.num_train_steps = 64000
+    c.batch_size = 128
+    c.optimizer = "sgd"
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.schedule = "step"
+    c.lr_boundaries_steps = (32000, 48000)
+    c.lr_decay_factor = 0.1
+    c.augment = True
+    c.log_every_steps = 200
+    c.checkpoint_every_steps = 2000
+    if "bf16" in args:
+        c.dtype = "bfloat16"
+    if "runlocal" in args:
+        apply_runlocal(c, num_train_steps=50, batch_size=64)
+    return c

@@ -15,24 +15,4 @@ from experiments.configs import common
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg)
-    c = common.base_config()
-    c.dataset = "cifar10"
-    c.model = "resnet56"
-    c.num_train_steps = 64000
-    c.batch_size = 128
-    c.optimizer = "sgd"
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.weight_decay = 1e-4
-    c.schedule = "step"
-    c.lr_boundaries_steps = (32000, 48000)
-    c.lr_decay_factor = 0.1
-    c.augment = True
-    c.log_every_steps = 200
-    c.checkpoint_every_steps = 2000
-    if "bf16" in args:
-        c.dtype = "bfloat16"
-    if "runlocal" in args:
-        common.apply_runlocal(c, num_train_steps=50, batch_size=64)
-    return c
+    return common.he2016_cifar_resnet("cifar10", "resnet56", arg)

@@ -4,7 +4,8 @@
 
 Recipe: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at
 64k iterations (~164 epochs), 4-pixel zero padding + random 32x32 crop + horizontal flip, per-channel
-normalisation, option-A (identity/zero-padding) shortcuts. The paper reports CIFAR-10 only; with this recipe ResNet-56 on CIFAR-100 is commonly reported at about\n71-72% top-1 (expect >= 70%).
+normalisation, option-A (identity/zero-padding) shortcuts. The paper reports CIFAR-10 only; with this recipe
+ResNet-56 on CIFAR-100 is commonly reported at about 71-72% top-1 (expect >= 70%).
 CIFAR cannot be downloaded on the development machine, so this run was not measured here: put the official
 python-version archive's files in TFDS's manual dir and run ``python -m cnnlab.data prepare cifar100``.
 A GPU is the realistic device (hours on 2 CPU cores). ``:runlocal`` trains 50 steps; ``:bf16`` computes in
@@ -15,24 +16,4 @@ from experiments.configs import common
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg)
-    c = common.base_config()
-    c.dataset = "cifar100"
-    c.model = "resnet56"
-    c.num_train_steps = 64000
-    c.batch_size = 128
-    c.optimizer = "sgd"
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.weight_decay = 1e-4
-    c.schedule = "step"
-    c.lr_boundaries_steps = (32000, 48000)
-    c.lr_decay_factor = 0.1
-    c.augment = True
-    c.log_every_steps = 200
-    c.checkpoint_every_steps = 2000
-    if "bf16" in args:
-        c.dtype = "bfloat16"
-    if "runlocal" in args:
-        common.apply_runlocal(c, num_train_steps=50, batch_size=64)
-    return c
+    return common.he2016_cifar_resnet("cifar100", "resnet56", arg)
