@@ -3,7 +3,8 @@
 Conventions used by every model in cnnlab.models:
   * inputs are NHWC floating-point images [batch, height, width, channels];
   * computation runs in ``dtype`` (float32 or bfloat16), parameters are always float32;
-  * the first convolution is a ``nn.Conv`` named ``stem_conv`` (see ``first_conv_kernel``);
+  * the first convolution is a module named ``stem_conv`` with an ``nn.Conv``-shaped ``kernel`` [kh, kw, cin, cout]
+    (``nn.Conv``, or ``conv_pool.ConvPool`` in LeNet-5; see ``first_conv_kernel``);
   * after each convolutional stage i = 1, 2, ... the model calls
     ``self.sow("intermediates", f"stage{i}", x)``;
   * logits are returned as float32 whatever the computation dtype, so losses are computed in float32.

@@ -273,8 +273,9 @@ def test_summary_lists_layers_shapes_and_counts():
     lines = text.splitlines()
     assert lines[0].startswith("lenet5 (LeNet5)")
     row = {line.split()[0]: line for line in lines[2:-1]}
-    assert "(1, 28, 28, 6)" in row["stem_conv"] and row["stem_conv"].rstrip().endswith("156")
-    assert "(1, 10, 10, 16)" in row["conv2"] and row["conv2"].rstrip().endswith("2,416")
+    # LeNet-5's conv + pool blocks are one module each (cnnlab/models/conv_pool.py): pooled outputs
+    assert "(1, 14, 14, 6)" in row["stem_conv"] and row["stem_conv"].rstrip().endswith("156")
+    assert "(1, 5, 5, 16)" in row["conv2"] and row["conv2"].rstrip().endswith("2,416")
     assert "(1, 120)" in row["c5"] and row["c5"].rstrip().endswith("48,120")
     assert lines[-1] == "Total parameters: 61,706"
     text = models.summary("resnet50", (1, 224, 224, 3), num_classes=1000, depth=1)

@@ -14,9 +14,10 @@ def test_bench_lenet5_writes_json_and_table(tmp_path):
     (result,) = saved["results"]
     assert result["model"] == "lenet5" and result["input_shape"] == [4, 28, 28, 1]
     assert result["num_params"] == 61_706 and result["images_per_s"] > 0
-    # Multiply-adds of LeNet-5's convolutions and dense layers on a 32x32 (padded) image, about 2 FLOPs each
-    # (XLA counts a dot of length K as 2K - 1 FLOPs, and adds bias adds, activations and pooling).
-    macs = 28 * 28 * 6 * 5 * 5 * 1 + 10 * 10 * 16 * 5 * 5 * 6 + 400 * 120 + 120 * 84 + 84 * 10
+    # Multiply-adds LeNet-5 executes on a 32x32 (padded) image, about 2 FLOPs each (XLA counts a dot of length K as
+    # 2K - 1 FLOPs, and adds bias adds, activations and pooling). Each conv + 2x2 pool block is one matrix product
+    # (cnnlab/models/conv_pool.py): per pooled position, a 6x6xC patch times a [36*C, 4*O] matrix.
+    macs = 14 * 14 * (6 * 6 * 1) * (4 * 6) + 5 * 5 * (6 * 6 * 6) * (4 * 16) + 400 * 120 + 120 * 84 + 84 * 10
     forward = result["forward_gflops_per_image"] * 1e9
     assert 0.95 * 2 * macs <= forward <= 1.3 * 2 * macs
     # backward costs about twice the forward pass
