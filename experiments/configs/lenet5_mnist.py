@@ -4,8 +4,8 @@
 
 Expected: >= 99.0% test accuracy after 8 epochs (SGD + Nesterov momentum 0.9, lr 0.05, 1 warmup epoch then
 cosine decay, weight decay 5e-4, batch 128, no augmentation); measured 99.27%, 24 s training, 31 s wall on 2 CPU
-cores (docs/training.md). The classic 60,000
-training images (mnist.pkl.gz's 50,000 train + 10,000 validation) and the 10,000 test images.
+cores (docs/training.md). The classic 60,000 training images (mnist.pkl.gz's 50,000 train + 10,000 validation)
+and the 10,000 test images.
 ``--config.model_overrides.style=original`` trains the 1998 tanh/average-pool form. ``:runlocal`` trains 100 steps.
 """
 
