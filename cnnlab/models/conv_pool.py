@@ -149,8 +149,11 @@ def conv_pool_channel_major(x: jax.Array, kernel: jax.Array, bias: jax.Array | N
         x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
     cells = x.reshape(cin, rows // p, p, cols // p, p, batch).transpose(2, 4, 0, 1, 3, 5)  # [a', b', C, I, J, N]
     patches = jnp.stack([cells[:, :, :, i:i + out_h, j:j + out_w] for i in range(t) for j in range(t)], axis=0)
-    patches = patches.reshape(t * t * p * p * cin, out_h * out_w * batch)
-    y = jnp.dot(window_weights(kernel, p).astype(dtype), patches).reshape(p * p, cout, out_h, out_w, batch)
+    patches = patches.reshape(t * t * p * p * cin, out_h, out_w, batch)
+    # The batch stays its own axis (not merged into the product's columns) so that a batch-sharded input keeps
+    # its sharding: merging it would make the SPMD partitioner gather the whole batch on every device.
+    y = jnp.einsum("ok,khwn->ohwn", window_weights(kernel, p).astype(dtype), patches)
+    y = y.reshape(p * p, cout, out_h, out_w, batch)
     act = ACTIVATIONS[activation]
     b = 0 if bias is None else bias.astype(dtype)[:, None, None, None]
     if pool == "max" and activation in _MONOTONE:

@@ -124,3 +124,21 @@ def test_lenet5_computes_the_textbook_network(style, size):
     _, state = model.apply(variables, x, mutable=["intermediates"])
     stages = state["intermediates"]
     assert stages["stage1"][0].shape == (5, 14, 14, 6) and stages["stage2"][0].shape == (5, 5, 5, 16)
+
+
+def test_a_batch_sharded_input_stays_sharded():
+    """Data parallelism: each device computes its own rows; no device gathers the whole batch (8 simulated CPUs)."""
+    from cnnlab import parallel
+
+    assert len(jax.devices()) == 8, "tests/conftest.py simulates 8 CPU devices"
+    mesh = parallel.make_data_mesh(jax.devices())
+    model = models.get("lenet5", num_classes=10)
+    variables = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))), parallel.replicated(mesh))
+    x = jax.device_put(jnp.zeros((16, 32, 32, 1)), parallel.batch_sharded(mesh))
+
+    def loss(params, x):
+        return model.apply({"params": params}, x).sum()
+
+    hlo = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile().as_text()
+    assert "all-gather" not in hlo
+    assert "all-reduce" in hlo  # the parameter gradients are summed over the devices
