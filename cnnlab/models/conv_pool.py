@@ -111,21 +111,24 @@ max_over_window.defvjp(_max_over_window_fwd, _max_over_window_bwd)
 
 
 def conv_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, activation: str = "relu",
-              pool: str = "max", window: int = 2, dtype: Any = None) -> jax.Array:
+              pool: str = "max", window: int = 2, dtype: Any = None, merge_batch: bool | None = None) -> jax.Array:
     """pool(activation(conv_valid(x, kernel) + bias)) on NHWC ``x`` [N, H, W, C], ``kernel`` [k, k, C, O].
 
     Returns NHWC [N, (H - k + 1) // window, (W - k + 1) // window, O] in ``dtype`` (default: x's). Computed in the
     channel-major layout: between two blocks the transposes back and forth cancel (XLA removes them).
+    ``merge_batch``: compute the product with the batch merged into its columns (fastest on one device) or kept
+    as its own axis (keeps a batch-sharded input sharded); None: merged when the process sees one device.
     """
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"conv_pool: expected NHWC images [N, H, W, C], got shape {getattr(x, 'shape', None)}.")
     out = conv_pool_channel_major(to_channel_major(x), kernel, bias, activation=activation, pool=pool,
-                                  window=window, dtype=dtype)
+                                  window=window, dtype=dtype, merge_batch=merge_batch)
     return to_nhwc(out)
 
 
 def conv_pool_channel_major(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, *, activation: str = "relu",
-                            pool: str = "max", window: int = 2, dtype: Any = None) -> jax.Array:
+                            pool: str = "max", window: int = 2, dtype: Any = None,
+                            merge_batch: bool | None = None) -> jax.Array:
     """``conv_pool`` on channel-major ``x`` [C, H, W, N] -> [O, (H - k + 1) // window, (W - k + 1) // window, N]."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"conv_pool: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
@@ -149,10 +152,17 @@ def conv_pool_channel_major(x: jax.Array, kernel: jax.Array, bias: jax.Array | N
         x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
     cells = x.reshape(cin, rows // p, p, cols // p, p, batch).transpose(2, 4, 0, 1, 3, 5)  # [a', b', C, I, J, N]
     patches = jnp.stack([cells[:, :, :, i:i + out_h, j:j + out_w] for i in range(t) for j in range(t)], axis=0)
-    patches = patches.reshape(t * t * p * p * cin, out_h, out_w, batch)
-    # The batch stays its own axis (not merged into the product's columns) so that a batch-sharded input keeps
-    # its sharding: merging it would make the SPMD partitioner gather the whole batch on every device.
-    y = jnp.einsum("ok,khwn->ohwn", window_weights(kernel, p).astype(dtype), patches)
+    weights = window_weights(kernel, p).astype(dtype)
+    if merge_batch is None:
+        merge_batch = jax.device_count() == 1
+    if merge_batch:
+        # One plain 2-D product [p*p*O, K] x [K, out_h*out_w*N]: XLA:CPU's fastest form (1.36x PyTorch for the
+        # LeNet-5 step vs 1.08x with the batch kept apart, whose gradients XLA computes via transposed copies).
+        y = jnp.dot(weights, patches.reshape(-1, out_h * out_w * batch))
+    else:
+        # Several devices: the batch stays its own axis, so a batch-sharded input stays sharded; merged into the
+        # product's columns (batch innermost) the SPMD partitioner would gather the whole batch on every device.
+        y = jnp.einsum("ok,khwn->ohwn", weights, patches.reshape(-1, out_h, out_w, batch))
     y = y.reshape(p * p, cout, out_h, out_w, batch)
     act = ACTIVATIONS[activation]
     b = 0 if bias is None else bias.astype(dtype)[:, None, None, None]

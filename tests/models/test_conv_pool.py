@@ -18,8 +18,9 @@ def reference(x_nhwc, kernel, bias, activation, pool, window):
     return pooler(y, (window, window), strides=(window, window))
 
 
-def block(x_nhwc, kernel, bias, activation, pool, window):
-    return cp.conv_pool(x_nhwc, kernel, bias, activation=activation, pool=pool, window=window)
+def block(x_nhwc, kernel, bias, activation, pool, window, merge_batch=None):
+    return cp.conv_pool(x_nhwc, kernel, bias, activation=activation, pool=pool, window=window,
+                        merge_batch=merge_batch)
 
 
 CASES = [  # (size, channels, k, out, window): k + window - 1 a multiple of window or not (zero-extended patch)
@@ -29,22 +30,24 @@ CASES = [  # (size, channels, k, out, window): k + window - 1 a multiple of wind
 
 @pytest.mark.parametrize("size,channels,k,out,window", CASES)
 @pytest.mark.parametrize("activation,pool", [("relu", "max"), ("tanh", "avg"), ("tanh", "max"), ("linear", "avg")])
-def test_values_and_gradients_equal_the_textbook_layers(size, channels, k, out, window, activation, pool):
+@pytest.mark.parametrize("merge_batch", [True, False])
+def test_values_and_gradients_equal_the_textbook_layers(size, channels, k, out, window, activation, pool,
+                                                        merge_batch):
     keys = jax.random.split(jax.random.key(size * 100 + k), 4)
     x = jax.random.normal(keys[0], (3, size, size, channels))
     kernel = jax.random.normal(keys[1], (k, k, channels, out)) * 0.3
     bias = jax.random.normal(keys[2], (out,)) * 0.3
     expected = reference(x, kernel, bias, activation, pool, window)
-    got = block(x, kernel, bias, activation, pool, window)
+    got = block(x, kernel, bias, activation, pool, window, merge_batch)
     assert got.shape == expected.shape == (3, (size - k + 1) // window, (size - k + 1) // window, out)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
     g = jax.random.normal(keys[3], expected.shape)
 
-    def loss(f):
-        return lambda x, kernel, bias: (f(x, kernel, bias, activation, pool, window) * g).sum()
+    def loss(f, *extra):
+        return lambda x, kernel, bias: (f(x, kernel, bias, activation, pool, window, *extra) * g).sum()
 
-    got_grads = jax.grad(loss(block), argnums=(0, 1, 2))(x, kernel, bias)
+    got_grads = jax.grad(loss(block, merge_batch), argnums=(0, 1, 2))(x, kernel, bias)
     expected_grads = jax.grad(loss(reference), argnums=(0, 1, 2))(x, kernel, bias)
     for name, a, b in zip(("input", "kernel", "bias"), got_grads, expected_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=name)
@@ -140,5 +143,5 @@ def test_a_batch_sharded_input_stays_sharded():
         return model.apply({"params": params}, x).sum()
 
     hlo = jax.jit(jax.grad(loss)).lower(variables["params"], x).compile().as_text()
-    assert "all-gather" not in hlo
+    assert "all-gather" not in hlo  # with 8 devices conv_pool keeps the batch its own axis (merge_batch=None)
     assert "all-reduce" in hlo  # the parameter gradients are summed over the devices
