@@ -3,7 +3,8 @@
     python -m experiments.main --config=experiments/configs/lenet5_digits.py --workdir=/tmp/cnnlab/lenet5_digits
 
 Needs no prepared data (the digits ship with scikit-learn). 1,438 training / 359 test images, 10 epochs of
-batch 64 (220 steps): about 20 s on 2 CPU cores; expect >= 95% test accuracy (measured: see docs/training.md).
+batch 64 (220 steps): about 10 s on 2 CPU cores; expect >= 95% test accuracy (measured 97.49%, 3 s training,
+9 s wall).
 ``:runlocal`` trains 30 steps.
 """
 
