@@ -141,29 +141,23 @@ def _draw_panel(ax, kind_series: dict, *, what: str, percent: bool, show_final: 
         ax.text(0.5, 0.5, f"no {what} logged", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLike, *, title: str | None = None) -> str:
-    """Plots loss, top-1 accuracy and (when logged) top-k accuracy against the step; returns the PNG's path.
+def curves_figure(records: Sequence[dict], *, title: str | None = None, source: str = "the records") -> Figure:
+    """The curves figure of ``plot_curves`` from metrics records (as ``read_metrics`` returns), not yet saved.
 
-    Accuracies in [0, 1] are shown in percent; top-5 (any top-k, k > 1) gets its own panel because it sits near
-    100% and would squash the top-1 axis. Train series are solid lines, eval series lines with markers; the
-    final value of every eval series is given in its legend entry. Duplicated or out-of-order steps are drawn
-    once, in step order (``latest_records``). Raises ValueError when the file holds neither a loss nor an
-    accuracy series (or is empty / malformed) and FileNotFoundError when it is missing.
+    ``source`` names where the records came from in the error raised when they hold no loss or accuracy.
     """
-    out_png = check_png_path(out_png)
-    records = read_metrics(metrics_jsonl_path)
     series = {kind: metric_series(records, kind) for kind in _KINDS}
     if not any(series.values()):
         keys = sorted({k for r in records for k in r})
         raise ValueError(
-            f"{os.fspath(metrics_jsonl_path)!r} has no loss or accuracy values (keys found: {keys}); expected keys "
+            f"{source} has no loss or accuracy values (keys found: {keys}); expected keys "
             "such as 'train_loss', 'eval_loss', 'train_accuracy', 'eval_accuracy'.")
     top1 = {k: v for k, v in series["accuracy"].items() if not _is_top_k(k)}
     top_k = {k: v for k, v in series["accuracy"].items() if _is_top_k(k)}
     panels = [("loss", series["loss"]), ("accuracy", top1)]
     if top_k:
-        panels.append(("top-k accuracy" if len({_TOP_K.search(k).group(1) for k in top_k}) > 1
-                       else f"top-{_TOP_K.search(next(iter(top_k))).group(1)} accuracy", top_k))
+        ks = sorted({int(_TOP_K.search(k).group(1)) for k in top_k})
+        panels.append((f"top-{ks[0]} accuracy" if len(ks) == 1 else "top-k accuracy", top_k))
 
     # The top-k panel is narrower: it only has to show that top-k stays near 100%.
     width_ratios = [1.0, 1.0, 0.7][:len(panels)]
@@ -176,7 +170,22 @@ def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLik
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers, also in short runs
     if title:
         fig.suptitle(title)
-    fig.savefig(out_png)
+    return fig
+
+
+def plot_curves(metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLike, *, title: str | None = None) -> str:
+    """Plots loss, top-1 accuracy and (when logged) top-k accuracy against the step; returns the PNG's path.
+
+    Accuracies in [0, 1] are shown in percent; top-5 (any top-k, k > 1) gets its own panel because it sits near
+    100% and would squash the top-1 axis. Train series are solid lines, eval series lines with markers; the
+    final value of every eval accuracy is given in its legend entry, where it cannot cover a curve. Duplicated
+    or out-of-order steps are drawn once, in step order (``latest_records``). Raises ValueError when the file
+    holds neither a loss nor an accuracy series (or is empty / malformed) and FileNotFoundError when it is
+    missing.
+    """
+    out_png = check_png_path(out_png)
+    records = read_metrics(metrics_jsonl_path)
+    curves_figure(records, title=title, source=repr(os.fspath(metrics_jsonl_path))).savefig(out_png)
     return out_png
 
 
@@ -190,6 +199,13 @@ def plot_curve_band(per_seed_records: Sequence[Sequence[dict]], out_png: str | o
     there are no seeds, a seed never logged ``metric``, or the seeds share no step.
     """
     out_png = check_png_path(out_png)
+    curve_band_figure(per_seed_records, metric=metric, title=title).savefig(out_png)
+    return out_png
+
+
+def curve_band_figure(per_seed_records: Sequence[Sequence[dict]], *, metric: str = "eval_accuracy",
+                      title: str | None = None) -> Figure:
+    """The figure of ``plot_curve_band``, not yet saved."""
     if isinstance(per_seed_records, (str, bytes, os.PathLike)) or not per_seed_records:
         raise ValueError("per_seed_records must be a non-empty list with one list of metrics records per seed.")
     per_seed: list[dict[int, float]] = []
@@ -234,5 +250,4 @@ def plot_curve_band(per_seed_records: Sequence[Sequence[dict]], out_png: str | o
     ax.set_title(title or f"{metric} over {len(per_seed)} seeds")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.savefig(out_png)
-    return out_png
+    return fig
