@@ -1,28 +1,13 @@
-"""cnnlab.knn against a brute-force numpy reference (int64 / float64), scikit-learn, 1 vs 8 devices, memory."""
+"""cnnlab.knn.search against a brute-force numpy reference (int64 / float64), 1 vs 8 devices, memory, errors."""
 
 import jax
 import numpy as np
 import pytest
-from sklearn.neighbors import KNeighborsClassifier
 
+from _knn_reference import one_device_mesh, reference_nearest
 from cnnlab import knn
-
-
-def reference_nearest(train_x, queries, k, metric):
-    """Brute force in int64 (integer inputs) or float64: every distance, then a (distance, index) sort."""
-    exact_int = np.issubdtype(train_x.dtype, np.integer) or train_x.dtype == np.bool_
-    dtype = np.int64 if exact_int else np.float64
-    x = train_x.reshape(len(train_x), -1).astype(dtype)
-    q = queries.reshape(len(queries), -1).astype(dtype)
-    diff = q[:, None, :] - x[None, :, :]
-    dist = np.abs(diff).sum(-1) if metric == "l1" else (diff * diff).sum(-1)
-    index = np.broadcast_to(np.arange(len(x)), dist.shape)
-    order = np.lexsort((index, dist), axis=-1)[:, :k]
-    return np.take_along_axis(dist, order, axis=1), order
-
-
-def one_device_mesh():
-    return knn.default_mesh(jax.devices()[:1])
+from cnnlab.knn import search
+from cnnlab.parallel import make_data_mesh
 
 
 def test_conftest_gives_eight_devices():
@@ -49,7 +34,7 @@ def test_exact_against_bruteforce_on_1_and_8_devices(metric, dtype, low, high):
     queries[3] = train[7]  # distance 0 to three training points
     k = 9
     want_d, want_i = reference_nearest(train, queries, k, metric)
-    for mesh in (one_device_mesh(), knn.default_mesh()):
+    for mesh in (one_device_mesh(), make_data_mesh()):
         d, i = knn.nearest(train, queries, k=k, metric=metric, mesh=mesh, query_block=16, train_block=32)
         np.testing.assert_array_equal(np.asarray(i), want_i)
         if metric == "l1":
@@ -100,61 +85,6 @@ def test_k_equal_to_training_size_and_images_flattened():
     np.testing.assert_array_equal(np.asarray(i), want_i)
 
 
-def test_vote_tie_breaks():
-    # Neighbours (nearest first) of one query: labels 3, 1, 1, 3 -> a 2-2 tie between classes 1 and 3.
-    labels = np.array([[3, 1, 1, 3], [2, 2, 0, 0], [0, 1, 2, 2]])
-    np.testing.assert_array_equal(np.asarray(knn.vote(labels, 4, tie_break="nearest")), [3, 2, 2])
-    np.testing.assert_array_equal(np.asarray(knn.vote(labels, 4, tie_break="smallest_label")), [1, 0, 2])
-
-
-def test_predict_tie_break_on_a_line():
-    train = np.array([[0], [1], [2], [3], [10]], np.int32)
-    labels = np.array([5, 2, 2, 5, 7])
-    query = np.array([[1]], np.int32)  # nearest: 1 (label 2); k=4 -> two 2s and two 5s
-    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="nearest")[0] == 2
-    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="smallest_label")[0] == 2
-    query = np.array([[0]], np.int32)  # nearest 0 (label 5), then 1 (2), 2 (2), 3 (5): tie 2 vs 5
-    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="nearest")[0] == 5
-    assert knn.predict(train, labels, query, k=4, metric="l1", tie_break="smallest_label")[0] == 2
-
-
-@pytest.mark.parametrize("metric, sklearn_metric", [("l1", "manhattan"), ("l2", "euclidean")])
-def test_smallest_label_predictions_equal_sklearn_brute(metric, sklearn_metric):
-    """Many k, with vote ties (4 classes, even k) and distance ties (values 0..15, 8 features). When the k-th and
-    (k+1)-th distances are equal the k nearest are not unique and scikit-learn's pick depends on its partition
-    order, so queries are compared where the k nearest are well defined (most of them) -- all of them on data
-    without such ties."""
-    rng = np.random.default_rng(4)
-    train = rng.integers(0, 16, (400, 8)).astype(np.uint8)
-    labels = rng.integers(0, 4, 400) * 3 + 1  # labels 1, 4, 7, 10: not 0..C-1
-    queries = rng.integers(0, 16, (150, 8)).astype(np.uint8)
-    want_d, _ = reference_nearest(train, queries, 41, metric)
-    ks = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40]
-    _, idx = knn.nearest(train, queries, k=40, metric=metric)
-    classes, encoded = np.unique(labels, return_inverse=True)
-    vote_ties = compared = tied_inside = 0
-    for k in ks:
-        ours = classes[np.asarray(knn.vote(encoded[np.asarray(idx)[:, :k]], 4, tie_break="smallest_label"))]
-        theirs = KNeighborsClassifier(n_neighbors=k, algorithm="brute", metric=sklearn_metric).fit(train, labels)
-        theirs = theirs.predict(queries)
-        defined = want_d[:, k - 1] < want_d[:, k]
-        np.testing.assert_array_equal(ours[defined], theirs[defined], err_msg=f"k={k}")
-        compared += defined.sum()
-        tied_inside += ((want_d[:, : k - 1] == want_d[:, 1:k]).any(1) & defined).sum()
-        counts = np.stack([(labels[np.asarray(idx)[:, :k]] == c).sum(1) for c in classes], 1)
-        vote_ties += ((counts == counts.max(1, keepdims=True)).sum(1) > 1)[defined].sum()
-    assert compared > 0.3 * len(ks) * len(queries)
-    assert vote_ties > 100 and tied_inside > 300  # both kinds of ties among the compared predictions
-    # predict itself (not only vote on a prefix) for a few k, on continuous-valued images (no distance ties).
-    train = rng.integers(0, 256, (300, 64)).astype(np.uint8)
-    queries = rng.integers(0, 256, (60, 64)).astype(np.uint8)
-    labels = rng.integers(0, 3, 300)
-    for k in (2, 4, 9):
-        theirs = KNeighborsClassifier(n_neighbors=k, algorithm="brute", metric=sklearn_metric).fit(train, labels)
-        ours = knn.predict(train, labels, queries, k=k, metric=metric, tie_break="smallest_label")
-        np.testing.assert_array_equal(ours, theirs.predict(queries))
-
-
 def test_sharded_digits_identical_on_1_and_8_devices():
     from sklearn.datasets import load_digits
 
@@ -163,7 +93,7 @@ def test_sharded_digits_identical_on_1_and_8_devices():
     train, queries = images[:1500], images[1500:]
     for metric in ("l1", "l2"):
         one = knn.nearest(train, queries, k=10, metric=metric, mesh=one_device_mesh())
-        eight = knn.nearest(train, queries, k=10, metric=metric, mesh=knn.default_mesh())
+        eight = knn.nearest(train, queries, k=10, metric=metric, mesh=make_data_mesh())
         np.testing.assert_array_equal(np.asarray(one[1]), np.asarray(eight[1]))
         np.testing.assert_array_equal(np.asarray(one[0]), np.asarray(eight[0]))
         assert eight[1].sharding.is_fully_replicated
@@ -234,41 +164,11 @@ def test_bad_inputs_raise_clear_errors():
         knn.cross_validate(x, y, ks=[9], folds=5)
 
 
-def test_cross_validate_structure_and_values():
-    rng = np.random.default_rng(5)
-    centres = rng.integers(0, 256, (3, 16))
-    labels = np.repeat(np.arange(3), 30)
-    points = np.clip(centres[labels] + rng.integers(-90, 90, (90, 16)), 0, 255).astype(np.uint8)
-    ks, metrics = [1, 3, 7], ["l1", "l2"]
-    cv = knn.cross_validate(points, labels, ks=ks, metrics=metrics, folds=3, seed=7)
-    assert cv.accuracy.shape == (3, 2, 3) and cv.mean.shape == cv.std.shape == (3, 2)
-    parts = knn.fold_indices(90, 3, 7)
-    assert sorted(np.concatenate(parts).tolist()) == list(range(90))
-    assert {len(p) for p in parts} == {30}
-    # Every (k, metric, fold) against the brute-force reference with the "nearest" tie rule.
-    for f, held in enumerate(parts):
-        keep = np.setdiff1d(np.arange(90), held)
-        for m, metric in enumerate(metrics):
-            _, idx = reference_nearest(points[keep], points[held], 7, metric)
-            for j, k in enumerate(ks):
-                want = np.asarray(knn.vote(labels[keep][idx[:, :k]], 3, tie_break="nearest"))
-                assert cv.accuracy[j, m, f] == pytest.approx(np.mean(want == labels[held]))
-    np.testing.assert_allclose(cv.mean, cv.accuracy.mean(2))
-    np.testing.assert_allclose(cv.std, cv.accuracy.std(2))
-    assert cv.best_accuracy == pytest.approx(cv.mean.max())
-    assert cv.mean[ks.index(cv.best_k), metrics.index(cv.best_metric)] == cv.best_accuracy
-    assert 0.5 < cv.best_accuracy <= 1.0
-    summary = cv.to_dict()
-    assert summary["best"] == {"k": cv.best_k, "metric": cv.best_metric, "mean_accuracy": cv.best_accuracy}
-    again = knn.cross_validate(points, labels, ks=ks, metrics=metrics, folds=3, seed=7)
-    np.testing.assert_array_equal(again.accuracy, cv.accuracy)
-
-
 @pytest.mark.parametrize("native_fp16", [True, False])
 def test_l1_tile_type_follows_the_cpu_and_stays_exact(monkeypatch, native_fp16):
     # float16 tiles only where the CPU has AVX512-FP16; AVX2-only CPUs get float32 tiles. Both must be exact.
-    monkeypatch.setattr(knn, "cpu_has_native_fp16", lambda: native_fp16)
-    knn._compiled_search.cache_clear()
+    monkeypatch.setattr(search, "cpu_has_native_fp16", lambda: native_fp16)
+    search.compiled_search.cache_clear()
     try:
         assert knn.l1_tile_dtype("cpu") == (np.float16 if native_fp16 else np.float32)
         assert knn.l1_tile_dtype("gpu") == np.float16
@@ -280,4 +180,4 @@ def test_l1_tile_type_follows_the_cpu_and_stays_exact(monkeypatch, native_fp16):
         np.testing.assert_array_equal(np.asarray(indices), want_i)
         np.testing.assert_array_equal(np.asarray(distances), want_d)
     finally:
-        knn._compiled_search.cache_clear()
+        search.compiled_search.cache_clear()

@@ -1,14 +1,12 @@
-"""Exact k-nearest neighbours: blocked distances, streaming top-k, majority vote, sharded training set, CV.
-
-The lecture's first classifier: a query gets the majority label of its k nearest training points under the L1
-distance (sum of absolute differences) or L2 (Euclidean distance).
+"""Exact k-nearest-neighbour search: input checks, exact arithmetic, blocks, kernels, streaming top-k, sharding.
 
     distances, indices = nearest(train_x, queries, k=10, metric="l2")        # [Q, k] each, sorted
-    labels = predict(train_x, train_y, queries, k=5, metric="l1")           # [Q]
-    cv = cross_validate(train_x, train_y, ks=(1, 3, 5), metrics=("l1", "l2"))
+    index = Index(train_x)                                                   # checked and placed once
+    distances, indices = index.nearest(queries, k=10, metric="l1")           # many batches, no re-copy
 
 How it works (one jitted program):
-  * The training set is split over a 1-D device mesh (axis ``"data"``); every device owns a contiguous slice.
+  * The training set is split over a 1-D device mesh (axis ``"data"``, ``cnnlab.parallel.make_data_mesh``);
+    every device owns a contiguous slice.
   * Each device streams over its slice in training blocks and, inside, over the queries in query blocks. A
     [query_block, train_block] tile of distances is computed, reduced to its k best (a group-minimum
     pre-filter, then ``lax.top_k`` on the few surviving groups), and merged into the running top-k of those
@@ -33,6 +31,9 @@ Exactness (DESIGN.md section 4):
     range whose worst-case distance does not fit raises a ValueError instead of silently rounding.
   * Float inputs follow float semantics: L2 by the same matrix-product expansion in float32 (HIGHEST
     precision, clamped at 0), L1 by direct differences.
+
+Input checks happen at the public entry points (``nearest``, ``Index``, ``Index.nearest``, ``block_plan``,
+``lowered_search``); the ``check_*`` helpers are public so that ``cv`` and ``index`` share them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +49,10 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cnnlab.parallel import DATA_AXIS, make_data_mesh
+
 METRICS = ("l1", "l2")
-TIE_BREAKS = ("nearest", "smallest_label")
 DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30  # 1 GiB of working memory per device beyond inputs
-_MESH_AXIS = "data"
 _GROUP = 16  # columns per group in the group-minimum top-k pre-filter
 _L1_MICRO_QUERIES = 16  # micro-tile of the L1 kernel (measured best on AVX512 CPUs: 16 x 256..1024)
 _L1_MICRO_TRAIN = 256
@@ -65,16 +66,37 @@ _L2_CHUNK_LIMIT = 1 << 24  # float32 represents every integer up to 2^24 exactly
 
 
 @dataclasses.dataclass(frozen=True)
-class _Mode:
+class ArithmeticMode:
     """How distances are computed: 'small_int' (span <= 255, exact fast paths), 'int' (exact, direct
-    differences in ``int_dtype``) or 'float'. ``offset`` is subtracted from integer values first."""
+    differences in ``int_dtype``) or 'float'. ``offset`` is subtracted from integer values first. Part of the
+    compiled program's cache key: batches with the same mode share one executable."""
 
     kind: str
     offset: int = 0
     int_dtype: Any = None
 
 
-def _as_2d(x, name: str) -> tuple[Any, tuple[int, ...]]:
+@dataclasses.dataclass(frozen=True)
+class ValueRange:
+    """dtype and [low, high] value bounds of one array: what ``arithmetic_mode`` needs to know of it."""
+
+    dtype: np.dtype
+    low: float
+    high: float
+
+
+def value_range(x) -> ValueRange:
+    """dtype and (min, max) of ``x``: one scan, on the host (numpy) or on the devices (jax arrays)."""
+    if isinstance(x, np.ndarray):
+        low, high = x.min(), x.max()
+    else:
+        low, high = jnp.min(x), jnp.max(x)
+    return ValueRange(np.dtype(x.dtype), float(low), float(high))
+
+
+def check_points(x, name: str) -> tuple[Any, tuple[int, ...]]:
+    """Checks that ``x`` is [N, features...] with N >= 1, at least one feature and a real, integer or bool
+    dtype. Returns (x as [N, D], the feature shape). numpy and jax arrays are kept as they are (no copy)."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
     if x.ndim < 2:
@@ -90,13 +112,8 @@ def _as_2d(x, name: str) -> tuple[Any, tuple[int, ...]]:
     return x.reshape(x.shape[0], -1), tuple(x.shape[1:])
 
 
-def _value_range(x) -> tuple[float, float]:
-    if isinstance(x, np.ndarray):
-        return float(x.min()), float(x.max())
-    return float(jnp.min(x)), float(jnp.max(x))
-
-
-def _check_finite(x, name: str) -> None:
+def check_finite(x, name: str) -> None:
+    """Raises a ValueError when a float array holds NaN or +-inf (integer arrays pass without a scan)."""
     dtype = np.dtype(x.dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         return
@@ -105,37 +122,68 @@ def _check_finite(x, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinite values; remove or impute them before kNN.")
 
 
-def _check_metric(metric: str) -> str:
+def check_metric(metric: str) -> str:
+    """Returns ``metric`` if it is one of ``METRICS``; raises a ValueError naming the known ones otherwise."""
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; known metrics: {list(METRICS)}.")
     return metric
 
 
-def _mode_for(train_x, queries, metric: str) -> _Mode:
-    """Chooses the exact arithmetic for the dtypes and value range of both inputs (host-side, before jit)."""
-    dtypes = [np.dtype(train_x.dtype), np.dtype(queries.dtype)]
-    dim = math.prod(train_x.shape[1:])
+def check_k(k, n_train: int) -> int:
+    """Returns ``k`` as an int if it is an integer (not bool) in [1, n_train]; raises TypeError/ValueError."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {k!r}.")
+    if not 1 <= k <= n_train:
+        raise ValueError(f"k must be between 1 and the number of training points ({n_train}), got k={k}.")
+    return int(k)
+
+
+def check_same_features(train_shape: tuple[int, ...], query_shape: tuple[int, ...]) -> None:
+    """Raises a ValueError unless both feature shapes hold the same number of features (shapes may differ)."""
+    if math.prod(train_shape) != math.prod(query_shape):
+        raise ValueError(
+            f"queries have {math.prod(query_shape)} features (shape {query_shape}) but the training points have "
+            f"{math.prod(train_shape)} (shape {train_shape}); they must match."
+        )
+
+
+def check_mesh(mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh:
+    """``mesh`` if it is a 1-D mesh with axis ``"data"``; None gives ``make_data_mesh()`` (all devices)."""
+    mesh = mesh if mesh is not None else make_data_mesh()
+    if DATA_AXIS not in mesh.axis_names or len(mesh.axis_names) != 1:
+        raise ValueError(
+            f"mesh must be 1-D with axis name {DATA_AXIS!r} (see cnnlab.parallel.make_data_mesh), got "
+            f"{mesh.axis_names}."
+        )
+    return mesh
+
+
+def arithmetic_mode(train: ValueRange, queries: ValueRange, dim: int, metric: str) -> ArithmeticMode:
+    """Chooses the exact arithmetic for the dtypes and the joint value range of training points and queries
+    (host-side, before jit). Queries inside the training set's range give the training set's mode, so they
+    share its compiled program; a range whose worst-case distance cannot be represented raises a ValueError."""
+    dtypes = [train.dtype, queries.dtype]
     if any(jnp.issubdtype(d, jnp.floating) for d in dtypes):
-        largest = max(abs(v) for v in (*_value_range(train_x), *_value_range(queries)))
-        float_max = float(jnp.finfo(_dist_dtype(_Mode("float"))).max)
+        largest = max(abs(v) for v in (train.low, train.high, queries.low, queries.high))
+        float_max = float(jnp.finfo(_dist_dtype(ArithmeticMode("float"))).max)
         if dim * (2 * largest) ** 2 >= float_max:
             raise ValueError(
                 f"Float inputs as large as {largest:g} can overflow the {metric} distance over {dim} features; "
                 "rescale the data (e.g. to [0, 1])."
             )
-        return _Mode("float")
+        return ArithmeticMode("float")
     if all(d in (np.dtype(np.uint8), np.dtype(np.bool_)) for d in dtypes):
         lo, hi = 0, 255
     else:
-        lo_t, hi_t = _value_range(train_x)
-        lo_q, hi_q = _value_range(queries)
-        lo, hi = int(min(lo_t, lo_q)), int(max(hi_t, hi_q))
+        lo, hi = int(min(train.low, queries.low)), int(max(train.high, queries.high))
     span = hi - lo
     worst = dim * (span if metric == "l1" else span * span)
     if worst < _KEY_LIMIT[4]:
-        return _Mode("small_int", offset=lo) if span <= 255 else _Mode("int", offset=lo, int_dtype=jnp.int32)
+        if span <= 255:
+            return ArithmeticMode("small_int", offset=lo)
+        return ArithmeticMode("int", offset=lo, int_dtype=jnp.int32)
     if jax.config.jax_enable_x64 and worst < _KEY_LIMIT[8]:
-        return _Mode("int", offset=lo, int_dtype=jnp.int64)
+        return ArithmeticMode("int", offset=lo, int_dtype=jnp.int64)
     raise ValueError(
         f"Integer inputs with value range [{lo}, {hi}] and {dim} features can reach a {metric} distance of "
         f"{worst}, beyond int32; enable jax_enable_x64 for int64 distances, or pass float arrays."
@@ -185,6 +233,15 @@ def _working_bytes(metric: str, mode: str, qb: int, tb: int, dim: int, k: int, n
     return int(state + candidates + blocks + tiles)
 
 
+def check_block_size(size, name: str) -> int:
+    """Returns ``size`` as an int if it is a positive integer (not bool); raises TypeError/ValueError."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer or None (the default), got {size!r}.")
+    if size < 1:
+        raise ValueError(f"{name} must be a positive integer or None for the default block size, got {size}.")
+    return int(size)
+
+
 def block_plan(
     n_train: int,
     n_queries: int,
@@ -203,15 +260,14 @@ def block_plan(
     Defaults (measured on 2-core AVX512 CPUs with Fashion-MNIST): L2 tiles of 256 queries x 4096 training
     points (matrix products large enough to run near peak), L1 tiles of 64 x 2048. Blocks shrink to the
     problem size and halve until the estimate fits the budget; a budget too small even for the smallest
-    blocks raises a ValueError.
+    blocks raises a ValueError. ``query_block``/``train_block``: None for the default, else a positive integer
+    (0 or a negative size raises a ValueError rather than silently meaning the default).
     """
-    _check_metric(metric)
+    check_metric(metric)
     per_device = -(-n_train // num_devices)
     default_qb, default_tb = (256, 4096) if metric == "l2" and mode != "int" else (64, 2048)
-    qb = query_block or default_qb
-    tb = train_block or default_tb
-    if qb < 1 or tb < 1:
-        raise ValueError(f"query_block and train_block must be positive, got {qb} and {tb}.")
+    qb = default_qb if query_block is None else check_block_size(query_block, "query_block")
+    tb = default_tb if train_block is None else check_block_size(train_block, "train_block")
     qb = min(qb, n_queries)
     unit = _GROUP
     tb = min(_round_up(tb, unit), _round_up(per_device, unit))
@@ -272,7 +328,7 @@ def _fast_dtype(platform: str):
     return jnp.float32 if platform == "cpu" else jnp.bfloat16
 
 
-def _centred(x, mode: _Mode, dtype):
+def _centred(x, mode: ArithmeticMode, dtype):
     if x.dtype == jnp.uint8 and mode.offset == 0:
         return (x.astype(jnp.int16) - 128).astype(dtype)
     return (x.astype(jnp.int32) - (mode.offset + 128)).astype(dtype)
@@ -322,7 +378,7 @@ class _Kernel:
     tile: Any
 
 
-def _kernel_for(metric: str, mode: _Mode, platform: str, dim: int, dist_dtype) -> _Kernel:
+def _kernel_for(metric: str, mode: ArithmeticMode, platform: str, dim: int, dist_dtype) -> _Kernel:
     if metric == "l2" and mode.kind == "small_int":
         # Exact: centred values in [-128, 127]; float32 accumulation over <= 1024 features stays <= 2^24.
         dtype = _fast_dtype(platform)
@@ -470,7 +526,7 @@ def _merge(best_d, best_i, new_d, new_i, k: int):
     return -neg, jnp.take_along_axis(i, pos, axis=1)
 
 
-def _dist_dtype(mode: _Mode):
+def _dist_dtype(mode: ArithmeticMode):
     if mode.kind == "float":
         return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     return jnp.dtype(mode.int_dtype if mode.kind == "int" else jnp.int32)
@@ -524,7 +580,7 @@ def _local_nearest(train, queries, n_valid, index_offset, *, k, metric, mode, pl
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, platform: str):
+def compiled_search(mesh, k: int, metric: str, mode: ArithmeticMode, plan: BlockPlan, platform: str):
     """The jitted sharded search for one configuration (cached: repeated calls reuse the executable).
     Arguments: train [train_per_device * devices, D] sharded, queries [Q, D] replicated, n_train: the number of
     real training rows (a traced scalar: rows beyond it are padding, so folds of different sizes share one
@@ -534,7 +590,7 @@ def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, pl
     dist_dtype = _dist_dtype(mode)
 
     def per_device(train_shard, queries, n_train):
-        device = lax.axis_index(_MESH_AXIS)
+        device = lax.axis_index(DATA_AXIS)
         offset = device * n_local
         n_valid = jnp.clip(n_train - offset, 0, n_local)
         d, i = _local_nearest(
@@ -542,13 +598,13 @@ def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, pl
         )
         if num_devices == 1:
             return d, i
-        all_d = lax.all_gather(d, _MESH_AXIS, axis=1, tiled=True)  # [Q, devices * k], device (= index) order
-        all_i = lax.all_gather(i, _MESH_AXIS, axis=1, tiled=True)
+        all_d = lax.all_gather(d, DATA_AXIS, axis=1, tiled=True)  # [Q, devices * k], device (= index) order
+        all_i = lax.all_gather(i, DATA_AXIS, axis=1, tiled=True)
         neg, pos = lax.top_k(-all_d, k)
         return -neg, jnp.take_along_axis(all_i, pos, axis=1)
 
     search = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(_MESH_AXIS, None), P(), P()), out_specs=(P(), P()), check_vma=False
+        per_device, mesh=mesh, in_specs=(P(DATA_AXIS, None), P(), P()), out_specs=(P(), P()), check_vma=False
     )
 
     def finish(train, queries, n_train):
@@ -562,17 +618,24 @@ def _compiled_search(mesh, k: int, metric: str, mode: _Mode, plan: BlockPlan, pl
     return jax.jit(finish, out_shardings=(replicated, replicated))
 
 
-def default_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh named ``"data"`` over ``devices`` (default: every device of every process)."""
-    devices = list(devices) if devices is not None else jax.devices()
-    return jax.make_mesh((len(devices),), (_MESH_AXIS,), devices=devices)
+
+# ----------------------------------------------------------------------------------------------------------
+# Placement on the mesh, the searchable training set, nearest
+# ----------------------------------------------------------------------------------------------------------
 
 
-def _place_train(train2d, mesh, n_padded: int):
-    """The training set as a global array [n_padded, D] split over the mesh; rows beyond the data are zeros.
-    Built per shard from the host copy (every process holds the full array), so it works multi-host too."""
-    sharding = NamedSharding(mesh, P(_MESH_AXIS, None))
+def padded_train_rows(n_train: int, num_devices: int) -> int:
+    """Rows of the placed training array: n_train rounded up to a multiple of the devices (equal slices)."""
+    return _round_up(n_train, num_devices)
+
+
+def place_train(train2d, mesh) -> jax.Array:
+    """The training set [N, D] as a global array [padded_train_rows(N, devices), D] split over the mesh axis
+    "data"; rows beyond the data are zeros. Built per shard from the host copy (every process holds the full
+    array), so it works multi-host too; an array already placed that way is returned as it is (no copy)."""
+    sharding = NamedSharding(mesh, P(DATA_AXIS, None))
     n, dim = train2d.shape
+    n_padded = padded_train_rows(n, mesh.devices.size)
     if isinstance(train2d, jax.Array) and n == n_padded and train2d.sharding.is_equivalent_to(sharding, 2):
         return train2d
     if isinstance(train2d, jax.Array) and not train2d.is_fully_addressable:
@@ -590,7 +653,8 @@ def _place_train(train2d, mesh, n_padded: int):
     return jax.make_array_from_callback((n_padded, dim), sharding, shard)
 
 
-def _place_queries(queries2d, mesh):
+def place_queries(queries2d, mesh) -> jax.Array:
+    """The queries [Q, D] as a global array replicated on every device of the mesh."""
     sharding = NamedSharding(mesh, P())
     if isinstance(queries2d, jax.Array) and queries2d.sharding.is_equivalent_to(sharding, 2):
         return queries2d
@@ -598,44 +662,66 @@ def _place_queries(queries2d, mesh):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _prepare(train_x, queries, k, metric, mesh, query_block=None, train_block=None,
-             memory_budget_bytes=DEFAULT_MEMORY_BUDGET_BYTES, *, n_train=None, n_queries=None):
-    """Checks the inputs, picks the arithmetic (mode) and the block plan (for n_train training rows and
-    n_queries queries when they differ from the arrays' sizes, as for padded cross-validation folds)."""
-    _check_metric(metric)
-    train2d, train_shape = _as_2d(train_x, "train_x")
-    queries2d, query_shape = _as_2d(queries, "queries")
-    if math.prod(train_shape) != math.prod(query_shape):
-        raise ValueError(
-            f"queries have {math.prod(query_shape)} features (shape {query_shape}) but the training points have "
-            f"{math.prod(train_shape)} (shape {train_shape}); they must match."
+def run_search(train_placed, queries_placed, num_valid, *, k: int, metric: str, mode: ArithmeticMode,
+               mesh, plan: BlockPlan):
+    """Runs the compiled search (``compiled_search``, cached per configuration) on placed arrays, unchecked.
+
+    train_placed: ``place_train``'s array; queries_placed: ``place_queries``'s; num_valid: the number of real
+    training rows as a replicated int32 scalar array (rows from it on are padding and never returned)."""
+    search = compiled_search(mesh, k, metric, mode, plan, mesh.devices.flat[0].platform)
+    return search(train_placed, queries_placed, num_valid)
+
+
+def replicated_count(n: int, mesh) -> jax.Array:
+    """``n`` as an int32 scalar replicated on the mesh (``run_search``'s num_valid)."""
+    return jax.device_put(np.int32(n), NamedSharding(mesh, P()))
+
+
+class PlacedTrainingSet:
+    """A training set checked once and placed on the mesh once, searched for many query batches.
+
+    The checks (shape, dtype, finiteness), the value range that picks the exact arithmetic, and the copy onto
+    the devices happen in the constructor; each ``nearest`` call then only checks and places its queries.
+    Query batches of one shape and mode reuse one compiled program (``compiled_search`` is cached per
+    (mesh, k, metric, mode, block plan)). ``Index`` adds labels and ``predict`` to it.
+
+    Attributes: num_train (N), feature_shape (one point's shape), dim (features), mesh, memory_budget_bytes,
+    nbytes (bytes of the placed training array, one copy, device padding included).
+    """
+
+    def __init__(self, train_x, *, mesh: jax.sharding.Mesh | None = None,
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
+        train2d, self.feature_shape = check_points(train_x, "train_x")
+        check_finite(train2d, "train_x")
+        self.mesh = check_mesh(mesh)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.num_train, self.dim = int(train2d.shape[0]), int(train2d.shape[1])
+        self.train_range = value_range(train2d)
+        self.train_placed = place_train(train2d, self.mesh)
+        self._num_valid = replicated_count(self.num_train, self.mesh)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the training set stored on the devices (one copy of [padded N, D])."""
+        return int(self.train_placed.nbytes)
+
+    def nearest(self, queries, *, k: int, metric: str = "l2", query_block: int | None = None,
+                train_block: int | None = None):
+        """The exact k nearest training points of every query: (distances [Q, k], indices [Q, k] int32), see
+        ``nearest``. queries: [Q, ...] with the training set's number of features."""
+        check_metric(metric)
+        queries2d, query_shape = check_points(queries, "queries")
+        check_same_features(self.feature_shape, query_shape)
+        k = check_k(k, self.num_train)
+        check_finite(queries2d, "queries")
+        mode = arithmetic_mode(self.train_range, value_range(queries2d), self.dim, metric)
+        plan = block_plan(
+            self.num_train, queries2d.shape[0], self.dim, k=k, metric=metric, mode=mode.kind,
+            num_devices=self.mesh.devices.size, query_block=query_block, train_block=train_block,
+            memory_budget_bytes=self.memory_budget_bytes,
         )
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {k!r}.")
-    n_train = train2d.shape[0] if n_train is None else n_train
-    n_queries = queries2d.shape[0] if n_queries is None else n_queries
-    if not 1 <= k <= n_train:
-        raise ValueError(f"k must be between 1 and the number of training points ({n_train}), got k={k}.")
-    _check_finite(train2d, "train_x")
-    _check_finite(queries2d, "queries")
-    mode = _mode_for(train2d, queries2d, metric)
-    mesh = mesh if mesh is not None else default_mesh()
-    if _MESH_AXIS not in mesh.axis_names or len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh must be 1-D with axis name {_MESH_AXIS!r} (see default_mesh), got {mesh.axis_names}.")
-    num_devices = mesh.devices.size
-    plan = block_plan(
-        n_train,
-        n_queries,
-        train2d.shape[1],
-        k=k,
-        metric=metric,
-        mode=mode.kind,
-        num_devices=num_devices,
-        query_block=query_block,
-        train_block=train_block,
-        memory_budget_bytes=memory_budget_bytes,
-    )
-    return train2d, queries2d, mode, mesh, plan
+        return run_search(self.train_placed, place_queries(queries2d, self.mesh), self._num_valid, k=k,
+                          metric=metric, mode=mode, mesh=self.mesh, plan=plan)
 
 
 def nearest(
@@ -649,15 +735,17 @@ def nearest(
     train_block: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
 ):
-    """The exact k nearest training points of every query.
+    """The exact k nearest training points of every query (one-off; for many query batches against one
+    training set use ``Index``, which checks and places the training set once).
 
     Args:
       train_x: [N, ...] training points (images are flattened), any integer, bool or float dtype.
       queries: [Q, ...] query points with the same number of features.
       k: neighbours per query, 1 <= k <= N.
       metric: "l1" (sum of absolute differences) or "l2" (Euclidean distance).
-      mesh: 1-D mesh with axis "data" the training set is split over (default: all devices, ``default_mesh``).
-      query_block, train_block: tile shape (default: chosen by ``block_plan``).
+      mesh: 1-D mesh with axis "data" the training set is split over (default: all devices,
+        ``cnnlab.parallel.make_data_mesh()``).
+      query_block, train_block: tile shape (default None: chosen by ``block_plan``; else positive integers).
       memory_budget_bytes: working memory per device beyond the inputs that the blocks must fit.
 
     Returns:
@@ -665,19 +753,8 @@ def nearest(
       L1 distances of integer inputs are int32 (exact); L2 distances are the Euclidean distance in float32
       (the square root of the exact integer squared distance for integer inputs; float64 under x64).
     """
-    train2d, queries2d, mode, mesh, plan = _prepare(
-        train_x, queries, k, metric, mesh, query_block, train_block, memory_budget_bytes
-    )
-    return _run_search(train2d, queries2d, train2d.shape[0], k=k, metric=metric, mode=mode, mesh=mesh, plan=plan)
-
-
-def _run_search(train2d, queries2d, n_train: int, *, k, metric, mode, mesh, plan):
-    """Runs the compiled search on host or device arrays; rows of train2d from n_train on are ignored."""
-    search = _compiled_search(mesh, int(k), metric, mode, plan, mesh.devices.flat[0].platform)
-    train_global = _place_train(train2d, mesh, plan.train_per_device * plan.num_devices)
-    queries_global = _place_queries(queries2d, mesh)
-    n_global = jax.device_put(np.int32(n_train), NamedSharding(mesh, P()))
-    return search(train_global, queries_global, n_global)
+    training_set = PlacedTrainingSet(train_x, mesh=mesh, memory_budget_bytes=memory_budget_bytes)
+    return training_set.nearest(queries, k=k, metric=metric, query_block=query_block, train_block=train_block)
 
 
 def lowered_search(
@@ -697,184 +774,20 @@ def lowered_search(
     without allocating the data (how the tests check that a CIFAR-size problem fits its budget).
     Integer dtypes are assumed to be 8-bit images (the exact small-integer path). Returns (lowered, plan)."""
     query_dtype = train_dtype if query_dtype is None else query_dtype
-    mesh = mesh if mesh is not None else default_mesh()
-    _check_metric(metric)
+    mesh = check_mesh(mesh)
+    check_metric(metric)
+    check_k(k, train_shape[0])
     floating = jnp.issubdtype(train_dtype, jnp.floating) or jnp.issubdtype(query_dtype, jnp.floating)
-    mode = _Mode("float") if floating else _Mode("small_int", offset=0)
+    mode = ArithmeticMode("float") if floating else ArithmeticMode("small_int", offset=0)
     plan = block_plan(
         train_shape[0], query_shape[0], train_shape[1], k=k, metric=metric, mode=mode.kind,
         num_devices=mesh.devices.size, query_block=query_block, train_block=train_block,
         memory_budget_bytes=memory_budget_bytes,
     )
-    search = _compiled_search(mesh, int(k), metric, mode, plan, mesh.devices.flat[0].platform)
-    n_padded = plan.train_per_device * plan.num_devices
-    train = jax.ShapeDtypeStruct((n_padded, train_shape[1]), train_dtype, sharding=NamedSharding(mesh, P(_MESH_AXIS, None)))
+    search = compiled_search(mesh, int(k), metric, mode, plan, mesh.devices.flat[0].platform)
+    n_padded = padded_train_rows(train_shape[0], plan.num_devices)
+    train = jax.ShapeDtypeStruct((n_padded, train_shape[1]), train_dtype,
+                                 sharding=NamedSharding(mesh, P(DATA_AXIS, None)))
     q = jax.ShapeDtypeStruct(tuple(query_shape), query_dtype, sharding=NamedSharding(mesh, P()))
     n = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
     return search.lower(train, q, n), plan
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Voting, prediction, cross-validation
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _check_labels(train_y, n_train: int) -> np.ndarray:
-    labels = np.asarray(train_y)
-    if labels.ndim != 1 or labels.shape[0] != n_train:
-        raise ValueError(f"train_y must have shape [{n_train}] (one label per training point), got {labels.shape}.")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
-        raise TypeError(
-            f"train_y must hold integer class labels, got dtype {labels.dtype}; convert with astype(np.int32) "
-            "(or encode string labels with np.unique(..., return_inverse=True))."
-        )
-    return labels
-
-
-def vote(neighbour_labels, num_classes: int, *, tie_break: str = "nearest"):
-    """Majority vote over neighbour labels [Q, k] in 0..num_classes-1, ordered nearest first.
-
-    tie_break "smallest_label": the smallest tied label (scikit-learn's rule); "nearest": the tied class whose
-    closest member comes first in the list. Returns labels [Q] int32.
-    """
-    if tie_break not in TIE_BREAKS:
-        raise ValueError(f"Unknown tie_break {tie_break!r}; known: {list(TIE_BREAKS)}.")
-    neighbour_labels = jnp.asarray(neighbour_labels, jnp.int32)
-    counts = jnp.sum(jax.nn.one_hot(neighbour_labels, num_classes, dtype=jnp.int32), axis=1)  # [Q, C]
-    if tie_break == "smallest_label":
-        return jnp.argmax(counts, axis=1).astype(jnp.int32)
-    top = jnp.max(counts, axis=1, keepdims=True)
-    tied = jnp.take_along_axis(counts, neighbour_labels, axis=1) == top  # [Q, k]: neighbour's class is tied
-    first = jnp.argmax(tied, axis=1)
-    return jnp.take_along_axis(neighbour_labels, first[:, None], axis=1)[:, 0]
-
-
-def predict(
-    train_x,
-    train_y,
-    queries,
-    *,
-    k: int,
-    metric: str = "l2",
-    tie_break: str = "nearest",
-    **search_options,
-):
-    """Majority label of the k nearest training points of every query.
-
-    Args: as ``nearest`` plus train_y [N] integer labels and ``tie_break`` ("nearest" or "smallest_label",
-    see ``vote``; with "smallest_label" predictions equal scikit-learn's KNeighborsClassifier(algorithm="brute")).
-    Returns: labels [Q] as a numpy array of train_y's dtype.
-    """
-    if tie_break not in TIE_BREAKS:
-        raise ValueError(f"Unknown tie_break {tie_break!r}; known: {list(TIE_BREAKS)}.")
-    n_train = np.shape(train_x)[0] if np.ndim(train_x) else 0
-    labels = _check_labels(train_y, n_train)
-    classes, encoded = np.unique(labels, return_inverse=True)
-    _, indices = nearest(train_x, queries, k=k, metric=metric, **search_options)
-    neighbour_labels = jnp.asarray(encoded.astype(np.int32))[indices]
-    return classes[np.asarray(vote(neighbour_labels, len(classes), tie_break=tie_break))]
-
-
-def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
-    """A seeded shuffled split of range(n) into ``folds`` disjoint parts of sizes differing by at most one."""
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= n:
-        raise ValueError(f"folds must be an integer between 2 and the number of training points ({n}), got {folds}.")
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
-
-
-@dataclasses.dataclass
-class CrossValidation:
-    """Accuracies of k-fold cross-validation.
-
-    accuracy: [len(ks), len(metrics), folds] fraction correct on each held-out fold.
-    mean, std: [len(ks), len(metrics)] over folds (std with ddof=0).
-    best_k, best_metric, best_accuracy: the pair with the highest mean (ties: smaller k, then metric order).
-    """
-
-    ks: list[int]
-    metrics: list[str]
-    folds: int
-    seed: int
-    accuracy: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    best_k: int
-    best_metric: str
-    best_accuracy: float
-
-    def to_dict(self) -> dict:
-        return {
-            "ks": list(self.ks),
-            "metrics": list(self.metrics),
-            "folds": self.folds,
-            "seed": self.seed,
-            "accuracy": self.accuracy.tolist(),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "best": {"k": self.best_k, "metric": self.best_metric, "mean_accuracy": self.best_accuracy},
-        }
-
-
-def cross_validate(
-    train_x,
-    train_y,
-    *,
-    ks: Sequence[int],
-    metrics: Sequence[str] = METRICS,
-    folds: int = 5,
-    seed: int = 0,
-    tie_break: str = "nearest",
-    **search_options,
-) -> CrossValidation:
-    """n-fold cross-validation of k and the metric.
-
-    For each fold and metric the neighbours are searched once, for the largest k; every smaller k votes over
-    a prefix of that list (the k nearest are the first k of the max(ks) nearest), so the cost is
-    folds x metrics searches whatever the number of ks.
-    """
-    train2d, _ = _as_2d(train_x, "train_x")
-    n = train2d.shape[0]
-    labels = _check_labels(train_y, n)
-    ks = [int(k) for k in ks]
-    metrics = [_check_metric(m) for m in metrics]
-    if not ks or not metrics:
-        raise ValueError("ks and metrics must each name at least one value.")
-    parts = fold_indices(n, folds, seed)
-    smallest_train = n - max(len(p) for p in parts)
-    if min(ks) < 1 or max(ks) > smallest_train:
-        raise ValueError(f"every k must be between 1 and the training fold size ({smallest_train}), got {ks}.")
-    classes, encoded = np.unique(labels, return_inverse=True)
-    encoded = encoded.astype(np.int32)
-    host = np.asarray(train2d) if not isinstance(train2d, np.ndarray) else train2d
-    accuracy = np.zeros((len(ks), len(metrics), folds))
-    k_max = max(ks)
-    # Every fold's training rows and held-out rows are padded to common sizes (training padding is ignored
-    # through n_train, held-out padding repeats a row and is dropped), so each metric compiles one program.
-    n_fold_train = n - min(len(p) for p in parts)
-    n_held_out = max(len(p) for p in parts)
-    options = dict(search_options)
-    mesh = options.pop("mesh", None) or default_mesh()
-    for m, metric in enumerate(metrics):
-        _, _, mode, mesh, plan = _prepare(host, host, k_max, metric, mesh, n_train=n_fold_train,
-                                          n_queries=n_held_out, **options)
-        for f, held_out in enumerate(parts):
-            keep = np.ones(n, bool)
-            keep[held_out] = False
-            fold_x = np.zeros((n_fold_train, host.shape[1]), host.dtype)
-            fold_x[: n - len(held_out)] = host[keep]
-            fold_y = encoded[keep]
-            val_x = host[np.concatenate([held_out, np.repeat(held_out[-1:], n_held_out - len(held_out))])]
-            _, idx = _run_search(fold_x, val_x, n - len(held_out), k=k_max, metric=metric, mode=mode, mesh=mesh,
-                                 plan=plan)
-            neighbour_labels = jnp.asarray(fold_y)[idx[: len(held_out)]]
-            for j, k in enumerate(ks):
-                predicted = np.asarray(vote(neighbour_labels[:, :k], len(classes), tie_break=tie_break))
-                accuracy[j, m, f] = float(np.mean(predicted == encoded[held_out]))
-    mean, std = accuracy.mean(axis=2), accuracy.std(axis=2)
-    order = [(-mean[j, m], ks[j], m) for j in range(len(ks)) for m in range(len(metrics))]
-    _, best_k, best_m = min(order)
-    return CrossValidation(
-        ks=ks, metrics=metrics, folds=folds, seed=seed, accuracy=accuracy, mean=mean, std=std,
-        best_k=best_k, best_metric=metrics[best_m], best_accuracy=float(mean[ks.index(best_k), best_m]),
-    )
