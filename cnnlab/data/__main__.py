@@ -5,15 +5,24 @@
     python -m cnnlab.data bench NAME... [--repeats 3] [--json OUT]   # time prepare + load (fresh tmp dir)
 
 `prepare --all` prepares every dataset whose raw files are present and reports the others as skipped with
-their install instructions (exit status 0); naming a dataset whose raw files are missing exits 1.
+their install instructions (exit status 0); naming a dataset whose raw files are missing exits 1, and so
+does any dataset whose raw files are present but unusable (e.g. 3 of the 4 IDX files), even with --all.
+Each prepare prints "Preparing NAME from FILES ..." and "Prepared NAME: SIZES in SECONDS s -> DIR".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import platform
+import statistics
 import sys
+import tempfile
 import time
+
+import tensorflow_datasets as tfds
 
 from cnnlab.data import formats, loading
 
@@ -29,7 +38,9 @@ def list_datasets(data_dir, manual_dir) -> int:
         state = "prepared" if row.prepared else "not prepared"
         print(f"{row.name:14s} {state:13s} {_sizes(row.split_sizes):28s} {row.path}")
         if not row.prepared:
-            if row.raw:
+            if row.raw_problem:
+                print(f"{'':14s} raw files unusable: {row.raw_problem}")
+            elif row.raw:
                 print(f"{'':14s} raw files: {row.raw} -> `python -m cnnlab.data prepare {row.name}`")
             elif row.name == "digits":
                 print(f"{'':14s} loads in memory from scikit-learn without preparing")
@@ -51,6 +62,10 @@ def prepare_datasets(names: list[str], prepare_all: bool, force: bool, data_dir,
     for row in loading.status(data_dir=data_dir, manual_dir=manual_dir):
         if row.name not in names and not prepare_all:
             continue
+        if row.raw_problem and not (row.prepared and not force):
+            print(f"{row.name}: FAILED: {row.raw_problem}", file=sys.stderr)
+            failed = True
+            continue
         if row.raw is None:
             print(f"{row.name}: skipped, raw files not found; to install: {row.install_hint}")
             failed |= not prepare_all
@@ -58,32 +73,22 @@ def prepare_datasets(names: list[str], prepare_all: bool, force: bool, data_dir,
         if row.prepared and not force:
             print(f"{row.name}: already prepared in {row.path} ({_sizes(row.split_sizes)})")
             continue
-        print(f"{row.name}: preparing from {row.raw} ...", flush=True)
-        start = time.perf_counter()
-        try:
-            path = loading.prepare(row.name, data_dir=data_dir, manual_dir=manual_dir, force=force)
+        try:  # loading.prepare logs the "Preparing ..." and "Prepared ..." lines (shown by _PrintLog)
+            loading.prepare(row.name, data_dir=data_dir, manual_dir=manual_dir, force=force)
         except (formats.RawFormatError, FileNotFoundError) as e:
             print(f"{row.name}: FAILED: {e}", file=sys.stderr)
             failed = True
-            continue
-        sizes = loading.info(row.name, data_dir=data_dir).split_sizes
-        print(f"{row.name}: prepared in {time.perf_counter() - start:.1f} s -> {path} ({_sizes(sizes)})")
     return 1 if failed else 0
 
 
 def bench_datasets(names: list[str], repeats: int, json_path, manual_dir) -> int:
     """Times prepare (into a fresh temporary data_dir) and load of train and test; median of `repeats`."""
-    import json
-    import platform
-    import statistics
-    import tempfile
-
     unknown = [n for n in names if n not in loading.names()]
     if unknown or not names:
         print(f"bench: give dataset names from {', '.join(loading.names())}", file=sys.stderr)
         return 2
     results = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-               "cpu_count": __import__("os").cpu_count(), "repeats": repeats, "datasets": {}}
+               "cpu_count": os.cpu_count(), "repeats": repeats, "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="cnnlab_data_bench_") as data_dir:
         for name in names:
             start = time.perf_counter()
@@ -108,6 +113,17 @@ def bench_datasets(names: list[str], repeats: int, json_path, manual_dir) -> int
     return 0
 
 
+class _PrintLog(logging.Handler):
+    """Shows cnnlab.data's log in the terminal: INFO ("Preparing ...", "Prepared ...") as plain stdout
+    lines, warnings and errors on stderr with their level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING:
+            print(record.getMessage(), flush=True)
+        else:
+            print(f"{record.levelname} {record.name}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cnnlab.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,14 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--manual_dir", default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import tensorflow_datasets as tfds
-
     tfds.disable_progress_bar()  # one line per dataset instead of progress bars in install logs
-    if args.command == "prepare":
-        return prepare_datasets(args.names, args.all, args.force, args.data_dir, args.manual_dir)
-    if args.command == "bench":
-        return bench_datasets(args.names, args.repeats, args.json, args.manual_dir)
-    return list_datasets(args.data_dir, args.manual_dir)
+    log = logging.getLogger("cnnlab.data")
+    handler, previous = _PrintLog(), (log.level, log.propagate)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # shown once, by handler
+    try:
+        if args.command == "prepare":
+            return prepare_datasets(args.names, args.all, args.force, args.data_dir, args.manual_dir)
+        if args.command == "bench":
+            return bench_datasets(args.names, args.repeats, args.json, args.manual_dir)
+        return list_datasets(args.data_dir, args.manual_dir)
+    finally:
+        log.removeHandler(handler)
+        log.level, log.propagate = previous
 
 
 if __name__ == "__main__":

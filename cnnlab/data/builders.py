@@ -21,11 +21,17 @@ Where raw files are looked up, in order (``MANUAL`` = TFDS's manual dir: the ``m
   or folder ``cifar-10-batches-bin``, in MANUAL then ``RAW/cifar10``.
 * cifar100: ``cifar-100-python.tar.gz`` or folder ``cifar-100-python`` in MANUAL then ``RAW/cifar100``.
 * digits: scikit-learn's bundled ``load_digits`` (always available).
+
+A folder that holds some of a dataset's files must hold all of them, usable: when one is missing, or a
+directory or broken link stands where a file should be, the lookup stops with a RawFormatError naming
+the folder and each problem, rather than silently going on to the next folder (a user who put files in
+the manual dir means those files).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -80,10 +86,22 @@ class RawData:
 
 @dataclasses.dataclass
 class RawLocation:
-    """Raw files found on disk for one dataset and the function that reads them."""
+    """Raw files found on disk for one dataset and the function that reads them.
 
-    description: str  # e.g. "official IDX files in /usr/share/datasets/fashion-mnist"
+    description: e.g. "official IDX files in /usr/share/datasets/fashion-mnist"; files: every file or
+    folder that `read` reads, as absolute paths (named in the prepare log).
+    """
+
+    description: str
     read: Callable[[], RawData]
+    files: list[str] = dataclasses.field(default_factory=list)
+
+    def files_text(self) -> str:
+        """The files in one line: "DIR: a, b, c" when they share a folder, else the paths joined by ", "."""
+        folders = {os.path.dirname(f) for f in self.files}
+        if len(self.files) > 1 and len(folders) == 1:
+            return f"{folders.pop()}/ ({', '.join(os.path.basename(f) for f in self.files)})"
+        return ", ".join(self.files) or self.description
 
 
 def _search_dirs(name: str, manual_dir: Path | None, extra: tuple[Path, ...] = ()) -> list[Path]:
@@ -94,40 +112,74 @@ def _search_dirs(name: str, manual_dir: Path | None, extra: tuple[Path, ...] = (
     return dirs
 
 
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _find_idx(folder: Path, num_classes: int) -> RawLocation | None:
-    paths = {split: tuple(_idx_file(folder, stem) for stem in stems) for split, stems in IDX_FILES.items()}
-    if not all(p is not None for pair in paths.values() for p in pair):
+def _not_a_file(path: Path) -> str | None:
+    """Why `path`, which exists (or is a dangling link), cannot be read as a data file; None if it can."""
+    if path.is_file():
         return None
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if path.is_symlink():
+        return f"{path} is a broken link (to {os.readlink(path)})"
+    return f"{path} is not a regular file"
+
+
+def _idx_file(folder: Path, stem: str) -> tuple[Path | None, list[str]]:
+    """(the IDX file for `stem` in `folder`, problems): `stem.gz` is preferred over `stem`."""
+    present = [p for p in (folder / f"{stem}.gz", folder / stem) if os.path.lexists(p)]
+    problems = [problem for p in present if (problem := _not_a_file(p))]
+    return next((p for p in present if p.is_file()), None), problems
+
+
+def _find_idx(name: str, folder: Path, num_classes: int) -> RawLocation | None:
+    """The four official IDX files in `folder`; None if it holds none of them.
+
+    Raises RawFormatError naming the folder when it holds some but not all of them as readable files.
+    """
+    found, problems, anything_there = {}, [], False
+    for split, stems in IDX_FILES.items():
+        for stem in stems:
+            path, stem_problems = _idx_file(folder, stem)
+            anything_there |= path is not None or bool(stem_problems)
+            if path is None and not stem_problems:
+                stem_problems = [f"{folder / stem}[.gz] is missing"]
+            problems += stem_problems
+            found[stem] = path
+    if not anything_there:
+        return None
+    if problems:
+        readable = sum(p is not None for p in found.values())
+        raise formats.RawFormatError(
+            folder, f"{readable} of the 4 official IDX files of {name} are readable here: "
+            + "; ".join(problems) + f". {name} is read from the first folder that holds any of its files, "
+            f"never from another copy: fix this folder (or move its IDX files away to use another copy)")
+    paths = {split: (found[images], found[labels]) for split, (images, labels) in IDX_FILES.items()}
 
     def read() -> RawData:
         splits = {split: formats.read_idx_split(images, labels, num_classes)
                   for split, (images, labels) in paths.items()}
         return RawData(splits, f"official IDX files in {folder}")
 
-    return RawLocation(f"official IDX files in {folder}", read)
+    return RawLocation(f"official IDX files in {folder}", read,
+                       [os.fspath(p) for pair in paths.values() for p in pair])
 
 
 def _find_mnist(manual_dir: Path | None) -> RawLocation | None:
     for folder in _search_dirs("mnist", manual_dir):
-        if location := _find_idx(folder, 10):
+        if location := _find_idx("mnist", folder, 10):
             return location
         pkl = folder / "mnist.pkl.gz"
-        if pkl.is_file():
+        if os.path.lexists(pkl):
+            if problem := _not_a_file(pkl):
+                raise formats.RawFormatError(pkl, f"cannot read mnist from it: {problem}")
             return RawLocation(f"{pkl} (classic 50k/10k/10k float k/256 pickle)",
-                               lambda pkl=pkl: RawData(formats.read_mnist_pkl_gz(pkl), os.fspath(pkl)))
+                               lambda pkl=pkl: RawData(formats.read_mnist_pkl_gz(pkl), os.fspath(pkl)),
+                               [os.fspath(pkl)])
     return None
 
 
 def _find_fashion_mnist(manual_dir: Path | None) -> RawLocation | None:
     for folder in _search_dirs("fashion_mnist", manual_dir, (FASHION_MNIST_SYSTEM_DIR,)):
-        if location := _find_idx(folder, 10):
+        if location := _find_idx("fashion_mnist", folder, 10):
             return location
     return None
 
@@ -149,7 +201,7 @@ def _find_cifar10(manual_dir: Path | None) -> RawLocation | None:
                     _check_names(candidate, names, CIFAR10_CLASSES)
                     return RawData(splits, os.fspath(candidate))
 
-                return RawLocation(os.fspath(candidate), read)
+                return RawLocation(os.fspath(candidate), read, [os.fspath(candidate)])
     return None
 
 
@@ -163,7 +215,7 @@ def _find_cifar100(manual_dir: Path | None) -> RawLocation | None:
                     _check_names(candidate, coarse, CIFAR100_COARSE_CLASSES)
                     return RawData(splits, os.fspath(candidate))
 
-                return RawLocation(os.fspath(candidate), read)
+                return RawLocation(os.fspath(candidate), read, [os.fspath(candidate)])
     return None
 
 
@@ -175,6 +227,7 @@ def digits_splits() -> dict[str, formats.RawSplit]:
     np.random.default_rng(DIGITS_SPLIT_SEED); the first round(0.2 * count_c) go to test, the rest to train;
     each split is then sorted by original index. Result: 1,438 train and 359 test images.
     """
+    # Imported here, not at the top: scikit-learn takes about a second to import and only digits needs it.
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -194,9 +247,18 @@ def digits_splits() -> dict[str, formats.RawSplit]:
             "test": formats.RawSplit(images[test_mask], labels[test_mask], sources=source)}
 
 
+def _sklearn_digits_file() -> str:
+    """The file load_digits reads (sklearn/datasets/data/digits.csv.gz), found without importing sklearn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return "sklearn.datasets.load_digits (scikit-learn is not installed)"
+    return os.fspath(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz")
+
+
 def _find_digits(manual_dir: Path | None) -> RawLocation:
     return RawLocation("sklearn.datasets.load_digits (bundled with scikit-learn)",
-                       lambda: RawData(digits_splits(), "sklearn.datasets.load_digits"))
+                       lambda: RawData(digits_splits(), "sklearn.datasets.load_digits"),
+                       [_sklearn_digits_file()])
 
 
 # -------------------------------------------------------------------------------- dataset catalogue
@@ -314,6 +376,19 @@ def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, .
 # ----------------------------------------------------------------------------------------- builders
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """TFDS's DatasetInfo without the look-up of pre-computed info on TFDS's GCS bucket.
+
+    tfds 4.9.10 calls initialize_from_bucket whenever a builder is made for unprepared data, and it
+    starts with tempfile.mkdtemp("tfds"), an empty folder in the system temp dir that nothing removes
+    (one per builder, about 160 after an install and a test run). cnnlab's datasets are never on that
+    bucket, so there is nothing to look up.
+    """
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class CnnlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of cnnlab's builders; subclasses set DATASET (a key of SPECS)."""
 
@@ -337,7 +412,7 @@ class CnnlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "label": tfds.features.ClassLabel(names=spec.class_names)}
         for key, names in spec.extra_class_names.items():
             features[key] = tfds.features.ClassLabel(names=names)
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description=f"cnnlab's {spec.name}: official raw files in their official order; uint8 images "
                         f"{spec.image_shape} and int labels. Metadata: per-channel train mean/std in [0, 1].",
@@ -346,6 +421,15 @@ class CnnlabBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
         )
+
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "Dataset ... downloaded and
+    # prepared ..." to stdout although nothing is downloaded; cnnlab.data.loading logs its own one-line
+    # messages naming the files read instead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _manual_dir_or_none(self, dl_manager) -> Path | None:
         try:

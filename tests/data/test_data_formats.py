@@ -1,6 +1,9 @@
 """Raw readers on tiny files written in each official format, and every corrupt variant."""
 
+import builtins
 import gzip
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from _data_rawfiles import (CIFAR10_NAMES, cifar10_binary_members, cifar10_pytho
                             cifar100_python_members, idx_bytes, random_images, write_bytes, write_folder,
                             write_idx_dataset, write_mnist_pkl_gz, write_raw_pkl_gz, write_tar_gz)
 from cnnlab.data import formats
-from cnnlab.data.formats import RawFormatError
+from cnnlab.data.formats import RawFormatError, UnsafePickleError
 
 FINE = [f"fine{i}" for i in range(100)]
 COARSE = [f"coarse{i}" for i in range(20)]
@@ -155,8 +158,6 @@ def test_cifar_pixel_layout(tmp_path):
     rows = np.zeros(3072, np.uint8)
     rows[1 * 1024 + 2 * 32 + 5] = 200
     rows[2 * 1024 + 31 * 32 + 0] = 77
-    import pickle
-
     batch = pickle.loads(members["test_batch"], encoding="bytes")
     np.testing.assert_array_equal(batch[b"data"][0], rows)  # the writer follows the official layout
     splits, _ = formats.read_cifar10_python(write_folder(tmp_path, "cifar-10-batches-py", members))
@@ -201,11 +202,9 @@ def _cifar10_error(tmp_path, members, reader=formats.read_cifar10_python, folder
 def test_cifar10_wrong_dimensions(tmp_path, rng):
     batches, test = _cifar10_data(rng)
     members = cifar10_python_members(batches, test)
-    import pickle
-
     bad = pickle.loads(members["data_batch_3"], encoding="bytes")
     bad[b"data"] = bad[b"data"][:, :3000]
-    members["data_batch_3"] = pickle.dumps(bad, protocol=2)
+    members["data_batch_3"] = pickle.dumps(bad, protocol=3)
     message = _cifar10_error(tmp_path, members)
     assert "data_batch_3" in message and "wrong dimensions" in message and "(3, 3000)" in message
 
@@ -325,18 +324,87 @@ def test_mnist_pkl_corrupt(tmp_path, rng):
     assert "label out of range: 12" in _pkl_error(tmp_path, tuple(bad))
     assert "(train, valid, test) tuple" in _pkl_error(tmp_path, parts[:2])
     path = tmp_path / "cut.pkl.gz"
-    path.write_bytes(gzip.compress(__import__("pickle").dumps(parts))[:-200])
+    path.write_bytes(gzip.compress(pickle.dumps(parts))[:-200])
     with pytest.raises(RawFormatError, match="truncated"):
         formats.read_mnist_pkl_gz(path)
 
 
-def test_writers_are_inverse_of_readers(tmp_path, rng):
-    from _data_rawfiles import cifar_rows
+# ------------------------------------------------------------------------------- pickles that run code
 
-    images = random_images(rng, 3, (28, 28))
-    for name in ("x-idx3-ubyte.gz", "x-idx3-ubyte"):
-        formats.write_idx(tmp_path / name, images)
-        np.testing.assert_array_equal(formats.read_idx(tmp_path / name), images)
-        assert (tmp_path / name).read_bytes()[:2] == (b"\x1f\x8b" if name.endswith(".gz") else b"\0\0")
-    color = random_images(rng, 2, (32, 32, 3))
-    np.testing.assert_array_equal(formats.cifar_rows(color), cifar_rows(color))
+
+class _RunsCode:
+    """Unpickling this object calls function(argument): the classic pickle exploit."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+def _exploits(marker):
+    """(payload, the global its pickle names) pairs that, unpickled by plain pickle, create `marker`."""
+    return [(_RunsCode(os.system, f"touch {marker}"), f"{os.system.__module__}.system"),
+            (_RunsCode(builtins.eval, f"open({str(marker)!r}, 'w').write('ran')"), "builtins.eval")]
+
+
+def test_exploit_payloads_run_under_plain_pickle(tmp_path):
+    """The payloads used below do run code when read with plain pickle (so the tests below can fail)."""
+    for i, (payload, _) in enumerate(_exploits(tmp_path / "marker")):
+        pickle.loads(pickle.dumps(payload, protocol=2))
+        assert (tmp_path / "marker").exists(), i
+        (tmp_path / "marker").unlink()
+
+
+def test_mnist_pkl_that_runs_code_is_refused(tmp_path, rng):
+    marker = tmp_path / "marker"
+    parts = _encode(_mnist_parts(rng))
+    for payload, global_name in _exploits(marker):
+        for obj in (payload, (parts[0], (parts[1][0], payload), parts[2])):  # alone, or hidden in the labels
+            path = write_raw_pkl_gz(tmp_path / "mnist.pkl.gz", obj)
+            with pytest.raises(UnsafePickleError) as info:
+                formats.read_mnist_pkl_gz(path)
+            assert not marker.exists()
+            message = str(info.value)
+            assert message.startswith(f"{path}: refused to unpickle") and repr(global_name) in message
+            assert info.value.global_name == global_name and info.value.path == str(path)
+            assert isinstance(info.value, RawFormatError)  # callers that handle corrupt files handle this
+
+
+@pytest.mark.parametrize("packed", ["tar", "folder"])
+def test_cifar_batch_that_runs_code_is_refused(tmp_path, rng, packed):
+    marker = tmp_path / "marker"
+    batches, test = _cifar10_data(rng)
+    for payload, global_name in _exploits(marker):
+        members = cifar10_python_members(batches, test)
+        good = pickle.loads(members["data_batch_2"], encoding="bytes")
+        good[b"labels"] = payload
+        members["data_batch_2"] = pickle.dumps(good, protocol=3)
+        root = tmp_path / global_name
+        source = (write_tar_gz(root / "cifar-10-python.tar.gz", "cifar-10-batches-py", members)
+                  if packed == "tar" else write_folder(root, "cifar-10-batches-py", members))
+        with pytest.raises(UnsafePickleError, match=repr(global_name)) as info:
+            formats.read_cifar10_python(source)
+        assert not marker.exists()
+        assert "data_batch_2" in info.value.path and str(root) in info.value.path
+    meta = {"meta": pickle.dumps(_RunsCode(os.system, f"touch {marker}"))}
+    with pytest.raises(UnsafePickleError, match="system"):
+        formats.read_cifar100_python(write_folder(tmp_path, "cifar-100-python", meta))
+    assert not marker.exists()
+
+
+def test_pickle_allow_list_admits_numpy_arrays_only(tmp_path):
+    """numpy arrays of any dtype and shape load, as pickled by numpy 2 (numpy._core) or numpy 1
+    (numpy.core); other numpy globals, even harmless ones, are refused."""
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    current = pickle.dumps({b"x": array, "n": [1, 2.5, "s", None, True]}, protocol=3)
+    loaded = formats._unpickle("f", current)
+    np.testing.assert_array_equal(loaded[b"x"], array)
+    assert loaded[b"x"].dtype == np.float32 and loaded["n"] == [1, 2.5, "s", None, True]
+    numpy1 = current.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert numpy1 != current
+    np.testing.assert_array_equal(formats._unpickle("f", numpy1)[b"x"], array)
+    with pytest.raises(UnsafePickleError, match="multiarray.scalar"):  # numpy scalars: not in the files
+        formats._unpickle("f", pickle.dumps(np.float32(1.5), protocol=3))
+    with pytest.raises(UnsafePickleError, match="_codecs.encode"):  # Python 3 protocol 2 bytes
+        formats._unpickle("f", pickle.dumps(b"abc", protocol=2))
