@@ -2,56 +2,88 @@
 
     python -m experiments.main --config=experiments/configs/NAME.py[:ARG] --workdir=DIR [--config.FIELD=VALUE ...]
 
-The config's ``kind`` field picks the job (default ``"train"``):
-  train      cnnlab.train.train_and_evaluate(config, workdir)    (--mode=eval evaluates the best checkpoint)
-  knn        cnnlab.knn_experiment.run(config, workdir)
-  classical  cnnlab.classical.run_experiment(config, workdir)
-  compare    cnnlab.compare.run(config, workdir)
-Every job writes its outputs (config.json, metrics, plots, report) into --workdir.
+The config's ``kind`` field picks the job from ``cnnlab.jobs.JOBS`` (train, knn, classical, compare; default
+train). ``--mode=eval`` evaluates a training run's best checkpoint. Every job writes config.json, results.json
+(one schema for every job) and its report into DIR, and ends by printing its headline result and where the
+results and report are.
+
+A user error (an unknown field or name, a missing file, a bad value, a busy or unusable workdir, a checkpoint
+of another run) prints one line on stderr and exits with status 2; ``--verbose`` shows the traceback. SIGTERM
+and SIGINT during training save a checkpoint and exit with 128 + the signal number; rerunning resumes.
 """
 
-import importlib
+from __future__ import annotations
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+import os
+import sys
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
+# Quiet start-up: no "Unable to initialize backend 'tpu'" on machines without one, no C++ INFO lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags, logging  # noqa: E402
+
+from experiments.config_loading import ConfigError, load_config  # noqa: E402
+
+_CONFIG = flags.DEFINE_string("config", None, "Experiment config file, PATH[:ARG] (see experiments/configs).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the report.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if DIR has checkpoints) or eval.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors, and INFO logs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# kind -> (module, function). Imported lazily so one job does not pay for the others' imports.
-_JOBS = {
-    "train": ("cnnlab.train", "train_and_evaluate"),
-    "knn": ("cnnlab.knn_experiment", "run"),
-    "classical": ("cnnlab.classical", "run_experiment"),
-    "compare": ("cnnlab.compare", "run"),
-}
+USER_ERRORS = (ConfigError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
-def job_for(kind: str):
-    """Returns the function that runs experiments of this ``kind``; unknown kinds list the known ones."""
-    if kind not in _JOBS:
-        raise ValueError(f"Unknown experiment kind {kind!r}; known kinds: {sorted(_JOBS)}. Set config.kind to one.")
-    module, function = _JOBS[kind]
-    return getattr(importlib.import_module(module), function)
+def _user_error_types():
+    from cnnlab.data.formats import RawFormatError
+    from cnnlab.jobs.workdir import WorkdirError
+    from cnnlab.train import CheckpointError
+
+    return USER_ERRORS + (WorkdirError, CheckpointError, RawFormatError)
 
 
-def main(argv):
+def run(config_spec: str, workdir: str, overrides: list[str], mode: str = "train") -> dict:
+    """Loads the config and runs its job (or evaluates a checkpoint): what ``main`` does, minus the exits."""
+    config = load_config(config_spec, overrides)
+    from cnnlab import jobs  # after the config: a typo in it should not wait for jax to import
+
+    kind = config.get("kind", "train")
+    if mode == "eval":
+        if kind != "train":
+            raise ConfigError(f"--mode=eval evaluates training runs; this config's kind is {kind!r}.")
+        return jobs.evaluate_checkpoint(config, workdir)
+    logging.info("Running %s job in %s", kind, workdir)
+    return jobs.run(config, workdir)
+
+
+def main(argv, overrides):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    kind = config.get("kind", "train")
-    logging.info("Running %s experiment in %s", kind, _WORKDIR.value)
-    if _MODE.value == "eval":
-        if kind != "train":
-            raise app.UsageError(f"--mode=eval applies to training experiments, not kind={kind!r}.")
-        from cnnlab.train import evaluate_checkpoint
+    if not _VERBOSE.value:
+        logging.set_verbosity(logging.WARNING)
+    from cnnlab.train import TrainingInterrupted
 
-        evaluate_checkpoint(config, _WORKDIR.value)
-    else:
-        job_for(kind)(config, _WORKDIR.value)
+    try:
+        run(_CONFIG.value, _WORKDIR.value, overrides, _MODE.value)
+    except TrainingInterrupted as stopped:
+        print(stopped, file=sys.stderr, flush=True)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except _user_error_types() as error:
+        if _VERBOSE.value:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """``--config.FIELD=VALUE`` arguments are taken out before absl parses the rest, and applied to the config."""
+    argv = list(sys.argv if argv is None else argv)
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    rest = [argv[0]] + [a for a in argv[1:] if not a.startswith("--config.")]
+    app.run(lambda remaining: main(remaining, overrides), argv=rest)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry()

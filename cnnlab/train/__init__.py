@@ -1,13 +1,12 @@
-"""Training: ``train_and_evaluate(config, workdir)`` and ``evaluate_checkpoint(config, workdir)``.
+"""Training: the loop (``loop.setup``, ``loop.restore_latest``, ``loop.train``), its state, steps and checkpoints.
 
-    from cnnlab.train import train_and_evaluate
-    results = train_and_evaluate(config, "/tmp/run")   # resumes if /tmp/run/checkpoints holds checkpoints
+The whole job, with its workdir files, is ``cnnlab.jobs.train_and_evaluate(config, workdir)``.
 
 Modules: state.py (TrainState, optimizers, schedules), steps.py (jitted train/eval steps), checkpoint.py (Orbax),
-loop.py (the loop, evaluation, results and report).
+loop.py (the loop and evaluation).
 """
 
 from cnnlab.train.checkpoint import CheckpointError
-from cnnlab.train.loop import evaluate_checkpoint, train_and_evaluate, validate_config
+from cnnlab.train.loop import ResumeMismatch, TrainingInterrupted, validate_config
 
-__all__ = ["train_and_evaluate", "evaluate_checkpoint", "validate_config", "CheckpointError"]
+__all__ = ["CheckpointError", "ResumeMismatch", "TrainingInterrupted", "validate_config"]

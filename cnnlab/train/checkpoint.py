@@ -173,6 +173,40 @@ class Checkpoints:
             "Use another --workdir for a different experiment, or move the checkpoints directory away to start "
             "over.")
 
+    def restore_or_explain(self, step: int, template: TrainState, shardings, expected_meta: dict) -> TrainState:
+        """``restore``, but when the arrays of ``step`` cannot be read, the error also names the newest intact
+        earlier checkpoint and the command that resumes from it (moving the damaged step aside)."""
+        try:
+            return self.restore(step, template, shardings, expected_meta)
+        except CheckpointError as error:
+            if "cannot be read" not in str(error) and "is missing" not in str(error):
+                raise  # a checkpoint of another run, not a damaged one
+            intact = self._newest_intact_before(step, template, shardings, expected_meta)
+            damaged = os.path.join(self.directory, str(step))
+            way_out = (f"The newest intact checkpoint is step {intact}: to resume from it, run "
+                       f"`mv {damaged} {damaged}.damaged` and rerun the same command." if intact is not None else
+                       "No earlier intact checkpoint exists: move the checkpoints directory away to start over.")
+            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged ({error}). {way_out}") from error
+
+    def _newest_intact_before(self, step: int, template, shardings, expected_meta) -> int | None:
+        for earlier in sorted((s for s in self.all_steps() if s < step), reverse=True):
+            try:
+                self.restore(earlier, template, shardings, expected_meta)
+                return earlier
+            except CheckpointError:
+                continue
+        return None
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            self.wait()  # a pending asynchronous save (the last good state) always completes
+        finally:
+            self.close()
+        return False
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()

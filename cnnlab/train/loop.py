@@ -1,20 +1,25 @@
-"""``train_and_evaluate(config, workdir)``: the training loop, and ``evaluate_checkpoint(config, workdir)``.
+"""The training loop: set up a run, restore its latest checkpoint, train and evaluate, evaluate a checkpoint.
 
-The loop (one process per host, one program over all devices):
-  1. builds the mesh, loads the data, builds the model, the optimizer and the train state directly sharded;
-  2. if ``workdir/checkpoints`` holds checkpoints, restores the latest (after checking it belongs to this
-     experiment) and continues exactly where it stopped: same epoch, same position in that epoch's shuffled
-     order (``start_batch``), same random numbers (they derive from the state's key and the step);
-  3. trains epoch by epoch: each dispatch runs up to ``steps_per_dispatch`` optimizer steps (``lax.scan``) on
-     stacked uint8 batches that are normalised/augmented on device; running metrics stay on device and are read
-     every ``log_every_steps`` (a progress line and a ``metrics.jsonl`` record) and at checkpoints;
-  4. evaluates on the whole eval split after every epoch (masked padding, loss, top-1, top-5, per-class
-     accuracy, confusion matrix), writes the record, and saves a checkpoint with ``eval_accuracy``; also saves
-     every ``checkpoint_every_steps``;
-  5. at the end writes ``results.json``, the plots and ``report.md``.
+The loop owns the model, the data order, the device program and the checkpoints (``<workdir>/checkpoints``);
+it writes no other file. Everything else a job writes (config.json, metrics.jsonl, results.json, the report) is
+the job's, through ``cnnlab.jobs.workdir``: the loop gets a metrics sink (``append(record)``) and returns a
+``TrainOutcome``. ``cnnlab.jobs.train_and_evaluate(config, workdir)`` is the whole job.
 
-A NaN/inf loss raises ``FloatingPointError`` naming the step (checked at log points and before every save, so
-a bad state is never saved); the last good checkpoint stays.
+    run = setup(config)                                          # mesh, data, model, optimizer, sharded state
+    with Checkpoints(directory) as checkpoints:
+        state, resumed = restore_latest(run, checkpoints)        # refuses a checkpoint of a different run
+        outcome = train(run, state, checkpoints, sink, resumed)  # epochs, evaluation, checkpoints, signals
+
+How a run continues: a checkpoint records every config field that changes what the run computes
+(``run_fingerprint``); restoring it under a config that differs in any of them raises ``ResumeMismatch``
+naming the fields, old and new values. The fields in ``SAFE_ON_RESUME`` may change. The restored state holds
+the step, so the run continues exactly where it stopped: same epoch, same position in that epoch's shuffled
+order, same random numbers (they derive from the state's key and the step).
+
+SIGTERM (what SLURM, Kubernetes and preemptible VMs send) and SIGINT stop the loop at the next dispatch: it
+saves a checkpoint of the current step, waits until it is on disk, and raises ``TrainingInterrupted`` (the
+runner prints one line and exits 128 + signal number). A NaN/inf loss raises ``FloatingPointError`` naming the
+step; the bad state is never saved.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -42,74 +50,133 @@ from cnnlab.train import steps as steps_lib
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REQUIRED_FIELDS = ("dataset", "model", "num_epochs", "num_train_steps", "batch_size", "optimizer", "learning_rate",
                    "schedule", "weight_decay", "seed", "checkpoint_every_steps", "augment", "dtype")
-METRICS_FILE = "metrics.jsonl"
-RESULTS_FILE = "results.json"
-CONFIG_FILE = "config.json"
-# Meta fields that must match between a checkpoint and the run restoring it.
-_COMPATIBILITY_FIELDS = ("model", "dataset", "num_classes", "image_shape", "model_overrides")
+# Config fields that may differ between a checkpoint and the run resuming it: they change how the run is logged,
+# saved, laid out on devices or evaluated in batches, never what it computes.
+SAFE_ON_RESUME = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "report",
+                  "num_devices", "steps_per_dispatch", "data_dir", "multihost")
+# The fields an evaluation of a saved checkpoint must share with the run that wrote it.
+_MODEL_FIELDS = ("model", "dataset", "num_classes", "image_shape", "model_overrides")
+
+
+class ResumeMismatch(checkpoint_lib.CheckpointError):
+    """The workdir holds a run whose config differs from this one in a field that changes what it computes."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after saving a checkpoint of the current step."""
+
+    def __init__(self, signal_name: str, step: int, total: int, directory: str):
+        self.signal_name, self.step, self.total, self.directory = signal_name, step, total, directory
+        self.exit_code = 128 + int(getattr(signal, signal_name))
+        super().__init__(f"Stopped by {signal_name} at step {step} of {total}; checkpoint saved in {directory}. "
+                         "Rerun the same command to resume from it.")
+
+
+class MetricsSink(Protocol):
+    def append(self, record: Mapping) -> None: ...
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config checks
 
 
+def _is_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+        and math.isfinite(value)
+
+
 def validate_config(config) -> None:
-    """Raises a ValueError/TypeError naming the field for every config value training cannot use."""
+    """Raises a ValueError/TypeError naming the field for every config value training cannot use.
+
+    Names (dataset, model, optimizer, schedule, dtype) are checked by the registries and factories that use
+    them (``data.load``, ``models.get``, ``state.make_optimizer``/``make_schedule``), once, when the run is set up.
+    """
     if not isinstance(config, (ml_collections.ConfigDict, dict)):
         raise TypeError(f"config must be an ml_collections.ConfigDict, got {type(config).__name__}.")
     missing = [f for f in REQUIRED_FIELDS if f not in config]
     if missing:
         raise ValueError(f"config lacks the field(s) {missing}; start from experiments/configs/common.py.")
-    if config.dataset not in data.names():
-        raise ValueError(f"Unknown dataset {config.dataset!r}; known datasets: {data.names()}.")
-    if config.model not in models.names():
-        raise ValueError(f"Unknown model {config.model!r}; known models: {models.names()}.")
-    if config.optimizer not in state_lib.OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {config.optimizer!r}; known optimizers: {list(state_lib.OPTIMIZERS)}.")
-    if config.schedule not in state_lib.SCHEDULES:
-        raise ValueError(f"Unknown schedule {config.schedule!r}; known schedules: {list(state_lib.SCHEDULES)}.")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {config.dtype!r}; use one of {list(DTYPES)} (parameters stay float32).")
 
-    def positive_int(name, allow_zero=False):
+    def integer(name, minimum=1):
         value = config.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
-            raise ValueError(f"config.{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
-                             f"got {value!r}.")
+        if not _is_int(value) or value < minimum:
+            kind = "a positive" if minimum == 1 else "a non-negative"
+            raise ValueError(f"config.{name} must be {kind} integer, got {value!r}.")
 
-    positive_int("batch_size")
-    positive_int("num_epochs", allow_zero=True)
-    positive_int("num_train_steps", allow_zero=True)
-    positive_int("checkpoint_every_steps", allow_zero=True)
-    positive_int("seed", allow_zero=True)
+    def number(name, low, high=math.inf, *, low_open=False, high_open=True):
+        value = config.get(name)
+        if value is None:
+            return
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if not _is_number(value) or below or above:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ValueError(f"config.{name} must be a number in {interval}, got {value!r}.")
+
+    for name in ("batch_size",):
+        integer(name)
+    for name in ("num_epochs", "num_train_steps", "checkpoint_every_steps", "seed"):
+        integer(name, minimum=0)
     for name in ("eval_batch_size", "log_every_steps", "steps_per_dispatch", "keep_checkpoints"):
         if name in config:
-            positive_int(name)
+            integer(name)
     for name in ("num_devices", "image_size", "augment_pad"):
         if name in config:
-            positive_int(name, allow_zero=True)
+            integer(name, minimum=0)
     if config.num_epochs == 0 and config.num_train_steps == 0:
         raise ValueError("Set config.num_epochs > 0 or config.num_train_steps > 0 (the latter overrides epochs).")
-    if not (isinstance(config.learning_rate, (int, float)) and math.isfinite(config.learning_rate)
-            and config.learning_rate > 0):
-        raise ValueError(f"config.learning_rate must be a positive number, got {config.learning_rate!r}.")
-    if not (isinstance(config.weight_decay, (int, float)) and config.weight_decay >= 0):
-        raise ValueError(f"config.weight_decay must be >= 0, got {config.weight_decay!r}.")
-    smoothing = config.get("label_smoothing", 0.0)
-    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
-        raise ValueError(f"config.label_smoothing must be in [0, 1), got {smoothing!r}.")
-    clip = config.get("grad_clip_norm", 0.0)
-    if not (isinstance(clip, (int, float)) and clip >= 0):
-        raise ValueError(f"config.grad_clip_norm must be >= 0 (0 turns clipping off), got {clip!r}.")
+    number("learning_rate", 0.0, low_open=True)
+    number("weight_decay", 0.0)
+    number("label_smoothing", 0.0, 1.0)
+    number("grad_clip_norm", 0.0)
+    number("warmup_epochs", 0.0)
+    number("momentum", 0.0, 1.0)
+    number("lr_decay_factor", 0.0, low_open=True)
+    if config.dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {config.dtype!r}; use one of {list(DTYPES)} (parameters stay float32).")
     if not isinstance(config.augment, bool):
         raise TypeError(f"config.augment must be True or False, got {config.augment!r}.")
 
 
-def _model_overrides(config) -> dict:
+def model_overrides(config) -> dict:
     overrides = config.get("model_overrides", None)
     if overrides is None:
         return {}
     return overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
+
+
+def _flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in node.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def run_fingerprint(config) -> dict[str, Any]:
+    """The config fields that change what a training run computes (all but ``SAFE_ON_RESUME``), flattened."""
+    plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    flat = _flatten(plain)
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in flat.items()
+            if k.split(".")[0] not in SAFE_ON_RESUME}
+
+
+def fingerprint_differences(saved: Mapping, current: Mapping) -> list[str]:
+    """Human-readable differences between a checkpoint's fingerprint and this run's."""
+    missing = "(not set)"
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, missing), current.get(key, missing)
+        if old != new:
+            differences.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+    return differences
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,9 +184,10 @@ def _model_overrides(config) -> dict:
 
 
 @dataclasses.dataclass
-class _Run:
+class Run:
+    """Everything a run needs that is not the train state: config, mesh, data, model, optimizer, programs."""
+
     config: Any
-    workdir: str
     mesh: Any
     train: Any
     test: Any
@@ -136,8 +204,13 @@ class _Run:
     eval_fn: Any
     is_chief: bool
 
+    @property
+    def num_epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
 
-def _setup(config, workdir: str) -> _Run:
+
+def setup(config) -> Run:
+    """Checks the config, builds the mesh, loads the data, builds the model, optimizer and sharded train state."""
     validate_config(config)
     parallel.maybe_initialize_distributed(config)
     num_devices = int(config.get("num_devices", 0) or 0)
@@ -149,39 +222,39 @@ def _setup(config, workdir: str) -> _Run:
     parallel.check_batch_divisible(eval_batch_size, mesh, "eval_batch_size")
 
     data_dir = config.get("data_dir") or None
-    train = data.load(config.dataset, config.get("train_split", "train"), data_dir=data_dir)
-    test = data.load(config.dataset, config.get("eval_split", "test"), data_dir=data_dir)
+    train_split = data.load(config.dataset, config.get("train_split", "train"), data_dir=data_dir)
+    test_split = data.load(config.dataset, config.get("eval_split", "test"), data_dir=data_dir)
     info = data.info(config.dataset, data_dir=data_dir)  # the prepared data's own mean/std
-    steps_per_epoch = pipeline.num_batches(len(train.labels), config.batch_size, drop_remainder=True)
+    steps_per_epoch = pipeline.num_batches(len(train_split.labels), config.batch_size, drop_remainder=True)
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train.labels)} training examples "
-                         f"of {config.dataset}:{train.split}; lower it.")
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_split.labels)} training "
+                         f"examples of {config.dataset}:{train_split.split}; lower it.")
     total_steps = int(config.num_train_steps) if config.num_train_steps > 0 else int(config.num_epochs) * steps_per_epoch
 
-    height, width, channels = train.images.shape[1:]
+    height, width, channels = train_split.images.shape[1:]
     size = int(config.get("image_size", 0) or 0)
     if size and (size < height or size < width):
         raise ValueError(f"config.image_size={size} is smaller than the {height}x{width} images; it only pads.")
     image_shape = (size, size, channels) if size else (height, width, channels)
 
-    overrides = _model_overrides(config)
+    overrides = model_overrides(config)
     model = models.get(config.model, num_classes=info.num_classes, dtype=DTYPES[config.dtype], **overrides)
     schedule = state_lib.make_schedule(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     tx = state_lib.make_optimizer(config, schedule)
     state, shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), input_shape=image_shape,
                                                     mesh=mesh)
     meta = {"model": config.model, "dataset": config.dataset, "num_classes": int(info.num_classes),
-            "image_shape": list(image_shape), "model_overrides": json.loads(json.dumps(overrides, default=str))}
-    metrics_sharding = parallel.replicated(mesh)
-    eval_fn = steps_lib.make_eval_fn(metrics_sharding, model=model, num_classes=info.num_classes,
+            "image_shape": list(image_shape), "model_overrides": json.loads(json.dumps(overrides, default=str)),
+            "config": json.loads(json.dumps(run_fingerprint(config), default=str)), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+    eval_fn = steps_lib.make_eval_fn(parallel.replicated(mesh), model=model, num_classes=info.num_classes,
                                      mean=tuple(info.mean), std=tuple(info.std), image_size=image_shape[:2])
-    return _Run(config=config, workdir=workdir, mesh=mesh, train=train, test=test, info=info, model=model,
-                schedule=schedule, tx=tx, state=state, shardings=shardings, steps_per_epoch=steps_per_epoch,
-                total_steps=total_steps, image_shape=image_shape, meta=meta, eval_fn=eval_fn,
-                is_chief=jax.process_index() == 0)
+    return Run(config=config, mesh=mesh, train=train_split, test=test_split, info=info, model=model,
+               schedule=schedule, tx=tx, state=state, shardings=shardings, steps_per_epoch=steps_per_epoch,
+               total_steps=total_steps, image_shape=image_shape, meta=meta, eval_fn=eval_fn,
+               is_chief=jax.process_index() == 0)
 
 
-def _evaluate(run: _Run, state) -> dict:
+def evaluate(run: Run, state) -> dict:
     """Whole eval split (last batch padded and masked) -> summarize_eval dict, plus eval_seconds."""
     start = time.perf_counter()
     metrics = jax.device_put(steps_lib.EvalMetrics.zeros(run.info.num_classes), parallel.replicated(run.mesh))
@@ -195,79 +268,7 @@ def _evaluate(run: _Run, state) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Files in the workdir
-
-
-def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _truncate_metrics(path: str, last_step: int) -> None:
-    """Keeps the metrics records up to ``last_step`` (those a resumed run does not redo); drops torn lines."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and int(record.get("step", -1)) <= last_step:
-                kept.append(json.dumps(record, sort_keys=True))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
-def _append_metrics(run: _Run, record: dict) -> None:
-    if run.is_chief:
-        with open(os.path.join(run.workdir, METRICS_FILE), "a") as f:
-            f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
-
-
-def _eval_record(summary: dict) -> dict:
-    keys = ("eval_loss", "eval_accuracy", "eval_top5_accuracy")
-    return {k: summary[k] for k in keys if k in summary}
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def _stack(batches: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-
-def _raise_if_nonfinite(run: _Run, host_metrics, checkpoints) -> None:
-    bad_step = int(host_metrics.first_nonfinite_step)
-    if bad_step != int(np.iinfo(np.int32).max):
-        latest = checkpoints.latest_step()
-        where = (f"the last good checkpoint, step {latest}, stays in {checkpoints.directory}" if latest is not None
-                 else "no checkpoint had been saved yet")
-        raise FloatingPointError(
-            f"The training loss became NaN or infinite at step {bad_step} (epoch {(bad_step - 1) // run.steps_per_epoch + 1}"
-            f"); training stopped and this state was not saved: {where}. Lower config.learning_rate, set "
-            "config.grad_clip_norm, or check the data.")
+# Checkpoints
 
 
 class _QuietOrbax(logging.Filter):
@@ -277,220 +278,270 @@ class _QuietOrbax(logging.Filter):
         return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
-def _quiet_orbax_logs() -> None:
+def open_checkpoints(run: Run, directory: str) -> checkpoint_lib.Checkpoints:
     logger = logging.getLogger("absl")
     if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
         logger.addFilter(_QuietOrbax())
+    return checkpoint_lib.Checkpoints(directory, keep=int(run.config.get("keep_checkpoints", 2)))
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains ``config.model`` on ``config.dataset`` in ``workdir`` (resuming if it holds checkpoints).
+@dataclasses.dataclass
+class Resumed:
+    """What the restored checkpoint says about the time already spent (zeros for a fresh run)."""
 
-    Returns the final metrics (also in ``workdir/results.json``): eval_loss, eval_accuracy, eval_top5_accuracy
-    (more than 5 classes), eval_per_class_accuracy, eval_confusion, train_time_s, inference_s_per_1000,
-    num_params, device, steps, epochs, train_images_per_s, report (path of report.md).
+    step: int = 0
+    train_s: float = 0.0
+    compile_s: float = 0.0
+    eval_s: float = 0.0
+
+
+def restore_latest(run: Run, checkpoints: checkpoint_lib.Checkpoints):
+    """(state, Resumed): the latest checkpoint's state, or the fresh state when there is none.
+
+    Raises ``ResumeMismatch`` when the checkpoint belongs to a different run (fields named), and
+    ``CheckpointError`` naming the damaged step and the newest intact one when the latest cannot be read.
     """
-    workdir = os.path.abspath(workdir)
-    _quiet_orbax_logs()
-    run = _setup(config, workdir)
-    os.makedirs(workdir, exist_ok=True)
-    checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                             keep=int(config.get("keep_checkpoints", 2)))
-    try:
-        return _train(run, checkpoints)
-    finally:
-        checkpoints.wait()  # a pending asynchronous save (the last good state) always completes
-        checkpoints.close()
-
-
-def _train(run: _Run, checkpoints) -> dict:
-    config, state = run.config, run.state
-    train_time_before = 0.0
     latest = checkpoints.latest_step()
-    if latest is not None:
-        state = checkpoints.restore(latest, state, run.shardings, {k: run.meta[k] for k in _COMPATIBILITY_FIELDS})
-        train_time_before = float(checkpoints.read_meta(latest).get("train_time_s", 0.0))
-    step = int(jax.device_get(state.step))
-    if run.is_chief:
-        _truncate_metrics(os.path.join(run.workdir, METRICS_FILE), step)
-        _write_json(os.path.join(run.workdir, CONFIG_FILE), config.to_dict())
-        if latest is not None:
-            print(f"Resuming from checkpoint step {step} in {checkpoints.directory}", flush=True)
+    if latest is None:
+        return run.state, Resumed()
+    meta = checkpoints.read_meta(latest)
+    saved = meta.get("config")
+    if saved is not None:
+        differences = fingerprint_differences(saved, run.meta["config"])
+        if differences:
+            raise ResumeMismatch(
+                f"{os.path.dirname(checkpoints.directory)} holds a run with a different config: "
+                f"{'; '.join(differences[:6])}{'; ...' if len(differences) > 6 else ''}. Rerun with the checkpoint's "
+                "values (they are in config.json there), or use a new --workdir for the changed run. Fields that may "
+                f"change on resume: {', '.join(SAFE_ON_RESUME)}.")
+    state = checkpoints.restore_or_explain(latest, run.state, run.shardings,
+                                           {k: run.meta[k] for k in _MODEL_FIELDS})
+    return state, Resumed(step=int(jax.device_get(state.step)), train_s=float(meta.get("train_time_s", 0.0)),
+                          compile_s=float(meta.get("compile_time_s", 0.0)), eval_s=float(meta.get("eval_time_s", 0.0)))
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    """What a finished training run returns to its job.
+
+    final_eval: the last evaluation (summarize_eval dict). train_s: time in training steps over all segments of
+    the run, compilation and evaluation excluded; compile_s: first calls of each compiled program; eval_s: the
+    per-epoch evaluations. inference_s_per_1000: a timed pass over the eval split with a compiled program.
+    """
+
+    state: Any
+    final_eval: dict
+    train_s: float
+    compile_s: float
+    eval_s: float
+    inference_s_per_1000: float
+    steps: int
+    epochs: float
+
+
+def _stack(batches: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` of a number of seconds."""
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT into a flag the loop polls between dispatches (main thread only; restored after)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(run: Run, state, checkpoints: checkpoint_lib.Checkpoints, sink: MetricsSink, resumed: Resumed,
+          print_progress: bool | None = None) -> TrainOutcome:
+    """Trains from ``state`` (step ``resumed.step``) to ``run.total_steps``; evaluates after every epoch.
+
+    Records go to ``sink.append``: a training record every ``log_every_steps`` (train_loss, train_accuracy,
+    learning_rate, images_per_s) and an evaluation record per epoch (eval_loss, eval_accuracy, ...).
+    """
+    config = run.config
+    chief = run.is_chief if print_progress is None else print_progress
     replicated = parallel.replicated(run.mesh)
     train_fn = steps_lib.make_train_fn(
         run.shardings, replicated, model=run.model, tx=run.tx, num_classes=run.info.num_classes,
         mean=tuple(run.info.mean), std=tuple(run.info.std), augment=bool(config.augment),
-        flip=bool(config.get("augment_flip", True)), pad=int(config.get("augment_pad", 4)), label_smoothing=float(config.get("label_smoothing", 0.0)),
-        image_size=run.image_shape[:2])
+        flip=bool(config.get("augment_flip", True)), pad=int(config.get("augment_pad", 4)),
+        label_smoothing=float(config.get("label_smoothing", 0.0)), image_size=run.image_shape[:2])
 
-    spe, total = run.steps_per_epoch, run.total_steps
-    num_epochs = -(-total // spe)
+    step, spe, total = resumed.step, run.steps_per_epoch, run.total_steps
     per_dispatch = int(config.get("steps_per_dispatch", 1))
     log_every = int(config.get("log_every_steps", 100))
     ckpt_every = int(config.checkpoint_every_steps)
     zeros = lambda: jax.device_put(steps_lib.TrainMetrics.zeros(), replicated)  # noqa: E731
     metrics = zeros()
-    segment_start = time.perf_counter()
-    last_log_time, last_log_step = segment_start, step
+    clock = {"train": 0.0, "compile": 0.0, "eval": 0.0}
+    compiled_lengths: set[int] = set()
+    window = {"start": time.perf_counter(), "step": step, "excluded": 0.0}
+    seg_train = {"steps": 0, "seconds": 0.0}  # this process's training steps/time: the ETA's rate
     last_eval = None
 
-    def elapsed() -> float:
-        return train_time_before + time.perf_counter() - segment_start
+    def meta_now() -> dict:
+        return dict(run.meta, train_time_s=resumed.train_s + clock["train"],
+                    compile_time_s=resumed.compile_s + clock["compile"], eval_time_s=resumed.eval_s + clock["eval"])
 
-    def log_train(step: int, epoch: int) -> None:
-        nonlocal metrics, last_log_time, last_log_step
+    def close_window(now: float) -> float:
+        """Pure training seconds since the window opened (compilation and evaluation taken out)."""
+        seconds = max(now - window["start"] - window["excluded"], 1e-9)
+        clock["train"] += seconds
+        seg_train["steps"] += step - window["step"]
+        seg_train["seconds"] += seconds
+        return seconds
+
+    def save(**kwargs) -> None:
+        """A checkpoint of the current step; its host copy is excluded from the training time."""
+        began = time.perf_counter()
+        checkpoints.save(step, state, meta_now(), **kwargs)
+        window["excluded"] += time.perf_counter() - began
+
+    def log_train(epoch: int) -> None:
+        nonlocal metrics
         host = jax.device_get(metrics)  # the only place training waits for the device
-        _raise_if_nonfinite(run, host, checkpoints)
+        _raise_if_nonfinite(run, host, checkpoints, epoch)
         now = time.perf_counter()
-        images_per_s = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+        seconds = close_window(now)
+        images_per_s = (step - window["step"]) * config.batch_size / seconds
         count = max(int(host.count), 1)
         record = {"step": step, "epoch": step / spe, "train_loss": float(host.loss_sum) / count,
                   "train_accuracy": int(host.correct) / count, "learning_rate": float(run.schedule(step - 1)),
-                  "images_per_s": images_per_s, "elapsed_s": elapsed()}
-        _append_metrics(run, record)
-        if run.is_chief:
-            eta = (total - step) * config.batch_size / max(images_per_s, 1e-9)
-            print(f"epoch {epoch + 1}/{num_epochs}  step {step}/{total}  loss {record['train_loss']:.4f}  "
+                  "images_per_s": images_per_s, "elapsed_s": resumed.train_s + clock["train"]}
+        sink.append(record)
+        if chief:
+            rate = seg_train["seconds"] / max(seg_train["steps"], 1)
+            print(f"epoch {epoch + 1}/{run.num_epochs}  step {step}/{total}  loss {record['train_loss']:.4f}  "
                   f"acc {record['train_accuracy']:.4f}  lr {record['learning_rate']:.3g}  "
-                  f"{images_per_s:,.0f} img/s  ETA {_format_seconds(eta)}", flush=True)
+                  f"{images_per_s:,.0f} img/s  ETA {format_duration((total - step) * rate)}", flush=True)
         metrics = zeros()
-        last_log_time, last_log_step = now, step
+        window.update(start=time.perf_counter(), step=step, excluded=0.0)
 
-    while step < total:
-        epoch = step // spe
-        epoch_end = min((epoch + 1) * spe, total)
-        pending: list[dict] = []
-        batches = pipeline.epoch_batches(run.train.images, run.train.labels, batch_size=config.batch_size,
-                                         seed=int(config.seed), epoch=epoch, start_batch=step - epoch * spe)
-        for batch in batches:
-            pending.append(batch)
-            next_step = step + len(pending)
-            at_log = next_step % log_every == 0
-            at_ckpt = ckpt_every > 0 and next_step % ckpt_every == 0
-            if not (len(pending) == per_dispatch or next_step == epoch_end or at_log or at_ckpt):
-                continue
-            stacked = parallel.put_host_batch(_stack(pending), run.mesh, leading_unsharded_axes=1)
-            state, metrics = train_fn(state, stacked, metrics)
-            step, pending = next_step, []
-            if step == epoch_end:
-                break
-            if at_log or at_ckpt:
-                log_train(step, epoch)
-            if at_ckpt:
-                checkpoints.save(step, state, dict(run.meta, train_time_s=elapsed()))
-        if step != epoch_end:
-            raise RuntimeError(f"The data pipeline ended epoch {epoch} after step {step}, before step {epoch_end}.")
-        log_train(step, epoch)
-        last_eval = _evaluate(run, state)
-        record = dict({"step": step, "epoch": step / spe}, **_eval_record(last_eval))
-        _append_metrics(run, record)
-        if run.is_chief:
-            print(f"epoch {epoch + 1}/{num_epochs}  step {step}/{total}  eval_loss {last_eval['eval_loss']:.4f}  "
-                  f"eval_accuracy {last_eval['eval_accuracy']:.4f}", flush=True)
-        checkpoints.save(step, state, dict(run.meta, train_time_s=elapsed()),
-                         metrics={"eval_accuracy": float(last_eval["eval_accuracy"]),
-                                  "eval_loss": float(last_eval["eval_loss"])})
+    with _StopSignals() as stop:
+        while step < total:
+            epoch = step // spe
+            epoch_end = min((epoch + 1) * spe, total)
+            pending: list[dict] = []
+            batches = pipeline.epoch_batches(run.train.images, run.train.labels, batch_size=config.batch_size,
+                                             seed=int(config.seed), epoch=epoch, start_batch=step - epoch * spe)
+            for batch in batches:
+                pending.append(batch)
+                next_step = step + len(pending)
+                at_log = next_step % log_every == 0
+                at_ckpt = ckpt_every > 0 and next_step % ckpt_every == 0
+                if not (len(pending) == per_dispatch or next_step == epoch_end or at_log or at_ckpt
+                        or stop.received):
+                    continue
+                stacked = parallel.put_host_batch(_stack(pending), run.mesh, leading_unsharded_axes=1)
+                if len(pending) not in compiled_lengths:  # first call of this program: compile, timed apart
+                    began = time.perf_counter()
+                    state, metrics = jax.block_until_ready(train_fn(state, stacked, metrics))
+                    spent = time.perf_counter() - began
+                    clock["compile"] += spent
+                    window["excluded"] += spent
+                    compiled_lengths.add(len(pending))
+                else:
+                    state, metrics = train_fn(state, stacked, metrics)
+                step, pending = next_step, []
+                if stop.received and step != epoch_end:
+                    log_train(epoch)
+                    save()
+                    checkpoints.wait()
+                    raise TrainingInterrupted(stop.received, step, total, checkpoints.directory)
+                if step == epoch_end:
+                    break
+                if at_log or at_ckpt:
+                    log_train(epoch)
+                if at_ckpt:
+                    save()
+            if step != epoch_end:
+                raise RuntimeError(f"The data pipeline ended epoch {epoch} after step {step}, before step {epoch_end}.")
+            log_train(epoch)
+            began = time.perf_counter()
+            last_eval = evaluate(run, state)
+            clock["eval"] += time.perf_counter() - began
+            window["start"] = time.perf_counter()
+            record = {"step": step, "epoch": step / spe,
+                      **{k: last_eval[k] for k in ("eval_loss", "eval_accuracy", "eval_top5_accuracy") if k in last_eval}}
+            sink.append(record)
+            if chief:
+                print(f"epoch {epoch + 1}/{run.num_epochs}  step {step}/{total}  eval_loss {last_eval['eval_loss']:.4f}"
+                      f"  eval_accuracy {last_eval['eval_accuracy']:.4f}", flush=True)
+            save(metrics={"eval_accuracy": float(last_eval["eval_accuracy"]), "eval_loss": float(last_eval["eval_loss"])})
+            if stop.received:
+                checkpoints.wait()
+                if step < total:
+                    raise TrainingInterrupted(stop.received, step, total, checkpoints.directory)
 
-    train_time_s = elapsed()
     if last_eval is None:  # resumed after the last step: evaluate the restored final state
-        last_eval = _evaluate(run, state)
-    # Inference time: one more pass over the eval split with an already compiled eval step.
-    timed = _evaluate(run, state)
-    results = dict(last_eval)
-    results.pop("eval_seconds", None)
-    results.update({
-        "train_time_s": train_time_s,
-        "inference_s_per_1000": timed["eval_seconds"] / max(timed["eval_count"], 1) * 1000.0,
-        "num_params": state_lib.num_params(state.params),
-        "device": parallel.device_description(run.mesh),
-        "steps": total, "epochs": total / spe,
-        "train_images_per_s": total * config.batch_size / max(train_time_s, 1e-9),
-        "model": config.model, "dataset": config.dataset,
-    })
-    if run.is_chief:
-        _write_json(os.path.join(run.workdir, RESULTS_FILE), results)
-        if config.get("report", True):
-            results["report"] = write_run_report(run, state, results)
-            _write_json(os.path.join(run.workdir, RESULTS_FILE), results)
-        print(f"Final: eval_accuracy {results['eval_accuracy']:.4f}  eval_loss {results['eval_loss']:.4f}  "
-              f"train_time {_format_seconds(train_time_s)}  results: {os.path.join(run.workdir, RESULTS_FILE)}",
-              flush=True)
-        if "report" in results:
-            print(f"Report: {results['report']}", flush=True)
-    return results
+        last_eval = evaluate(run, state)
+    timed = evaluate(run, state)  # inference time: one more pass over the eval split, compiled
+    last_eval.pop("eval_seconds", None)
+    return TrainOutcome(state=state, final_eval=last_eval, train_s=resumed.train_s + clock["train"],
+                        compile_s=resumed.compile_s + clock["compile"], eval_s=resumed.eval_s + clock["eval"],
+                        inference_s_per_1000=timed["eval_seconds"] / max(timed["eval_count"], 1) * 1000.0,
+                        steps=total, epochs=total / spe)
+
+
+def _raise_if_nonfinite(run: Run, host_metrics, checkpoints, epoch: int) -> None:
+    bad_step = int(host_metrics.first_nonfinite_step)
+    if bad_step != int(np.iinfo(np.int32).max):
+        latest = checkpoints.latest_step()
+        where = (f"the last good checkpoint, step {latest}, stays in {checkpoints.directory}" if latest is not None
+                 else "no checkpoint had been saved yet")
+        raise FloatingPointError(
+            f"The training loss became NaN or infinite at step {bad_step} (epoch {epoch + 1}); training stopped "
+            f"and this state was not saved: {where}. Lower config.learning_rate, set config.grad_clip_norm, or "
+            "check the data.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Report
+# Inspection of a trained state (for the report and for predictions)
 
 
-def feature_maps_of(run: _Run, state, image: np.ndarray) -> dict[str, np.ndarray]:
+def feature_maps_of(run: Run, state, image: np.ndarray) -> dict[str, np.ndarray]:
     """The sown ``intermediates`` (after each convolutional stage) for one uint8 image [H, W, C]."""
+    from cnnlab.report import feature_maps  # only the report needs it
+
     x = steps_lib.preprocess(jnp.asarray(image[None]), None, mean=tuple(run.info.mean), std=tuple(run.info.std),
                              augment=False, image_size=run.image_shape[:2])
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     _, collections = run.model.apply(variables, x, train=False, mutable=["intermediates"])
-    from cnnlab.report import feature_maps
-
     return feature_maps.stages_from_intermediates(jax.device_get(collections.get("intermediates", {})))
 
 
-def write_run_report(run: _Run, state, results: dict) -> str:
-    """Curves, confusion matrix, first-layer filters, feature maps of the first test image, and report.md."""
-    from cnnlab.report import confusion, curves, feature_maps, filters, run_report
-
-    workdir = run.workdir
-    names = list(run.info.class_names)
-    plots = {
-        "Loss and accuracy": curves.plot_curves(os.path.join(workdir, METRICS_FILE),
-                                                os.path.join(workdir, "curves.png"),
-                                                title=f"{run.config.model} on {run.config.dataset}"),
-        "Confusion matrix (eval split)": confusion.plot_confusion(np.asarray(results["eval_confusion"]), names,
-                                                                  os.path.join(workdir, "confusion.png")),
-        "First-layer filters": filters.plot_filters(np.asarray(jax.device_get(models.first_conv_kernel(state.params))),
-                                                    os.path.join(workdir, "filters.png")),
-    }
-    maps = feature_maps_of(run, state, run.test.images[0])
-    if maps:
-        plots["Feature maps of the first eval image"] = feature_maps.plot_feature_maps(
-            maps, os.path.join(workdir, "feature_maps.png"), image=run.test.images[0],
-            title=f"true class: {names[int(run.test.labels[0])]}")
-    scalars = {k: v for k, v in results.items() if isinstance(v, (int, float, str)) and k != "report"}
-    return run_report.write_report(workdir, config=run.config, final_metrics=scalars, plots=plots,
-                                   per_class_accuracy=results["eval_per_class_accuracy"], class_names=names)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation of a saved run
-
-
-def evaluate_checkpoint(config, workdir: str) -> dict:
-    """Evaluates the best checkpoint (highest eval_accuracy; else the latest) in ``workdir`` on the eval split.
-
-    Returns the eval metrics plus ``step``; writes them to ``workdir/eval_results.json``.
-    Raises FileNotFoundError when the workdir has no checkpoint, CheckpointError when it does not fit ``config``.
-    """
-    workdir = os.path.abspath(workdir)
-    _quiet_orbax_logs()
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"No checkpoints in {directory}: train first with the same config and --workdir.")
-    run = _setup(config, workdir)
-    checkpoints = checkpoint_lib.Checkpoints(directory, keep=int(config.get("keep_checkpoints", 2)))
-    try:
-        step = checkpoints.best_step()
-        if step is None:
-            raise FileNotFoundError(f"No checkpoints in {directory}: train first with the same config and --workdir.")
-        state = checkpoints.restore(step, run.state, run.shardings, {k: run.meta[k] for k in _COMPATIBILITY_FIELDS})
-    finally:
-        checkpoints.close()
-    summary = _evaluate(run, state)
-    summary["step"] = int(step)
-    if run.is_chief:
-        _write_json(os.path.join(workdir, "eval_results.json"), summary)
-        print(f"Checkpoint step {step}: eval_accuracy {summary['eval_accuracy']:.4f}  eval_loss "
-              f"{summary['eval_loss']:.4f}  ({os.path.join(workdir, 'eval_results.json')})", flush=True)
-    return summary
+def restore_best(run: Run, checkpoints: checkpoint_lib.Checkpoints) -> tuple[Any, int, dict | None]:
+    """(state, step, metrics) of the best checkpoint by eval_accuracy (the latest when none carries metrics)."""
+    step = checkpoints.best_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoints in {checkpoints.directory}: train first with the same config and "
+                                "--workdir.")
+    state = checkpoints.restore_or_explain(step, run.state, run.shardings, {k: run.meta[k] for k in _MODEL_FIELDS})
+    return state, step, checkpoints.metrics(step)

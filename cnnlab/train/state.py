@@ -8,7 +8,6 @@ full state is ever made.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax
@@ -146,12 +145,3 @@ def create_train_state(model, tx: optax.GradientTransformation, *, seed: int, in
     shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
     state = jax.jit(init, out_shardings=shardings)(key)
     return state, shardings
-
-
-def abstract_state(state: TrainState, shardings) -> TrainState:
-    """ShapeDtypeStructs (with shardings) of ``state``: the target a checkpoint is restored against."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-
-
-def num_params(params) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

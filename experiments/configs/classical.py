@@ -15,19 +15,14 @@ runlocal about 1 min.
 
 import ml_collections
 
+from experiments.configs import common
+
 DATASETS = ("digits", "mnist", "fashion_mnist")
 
 
 def get_config(arg=None):
-    parts = [p.strip() for p in (arg or "fashion_mnist").split(",") if p.strip()]
-    dataset = parts[0]
-    if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r} for the classical experiment; known: {list(DATASETS)}. "
-                         "Use e.g. --config=experiments/configs/classical.py:mnist,runlocal")
-    unknown = [p for p in parts[1:] if p != "runlocal"]
-    if unknown:
-        raise ValueError(f"Unknown config options {unknown}; the only option is 'runlocal'.")
-    runlocal = "runlocal" in parts[1:]
+    args = common.parse_arg(arg, choices=DATASETS, default_choice="fashion_mnist", config="classical.py")
+    dataset, runlocal = args.choice, "runlocal" in args
 
     c = ml_collections.ConfigDict()
     c.kind = "classical"

@@ -4,6 +4,9 @@ Every field can be changed from the command line: ``--config.FIELD=VALUE`` (e.g.
 ``--config.lr_boundaries_epochs='(10, 15)'``, ``--config.data_dir=/data/tfds``).
 """
 
+import dataclasses
+import difflib
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -60,9 +63,46 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def parse_arg(arg) -> set[str]:
-    """The comma-separated words of a config argument, e.g. ``"runlocal"`` -> {"runlocal"}."""
-    return {word.strip() for word in (arg or "").split(",") if word.strip()}
+@dataclasses.dataclass(frozen=True)
+class ConfigArgs:
+    """A parsed config argument ``[CHOICE][,FLAG...][,KEY=VALUE...]`` (e.g. ``mnist,runlocal``)."""
+
+    choice: str | None
+    flags: frozenset[str]
+    options: dict
+
+    def __contains__(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+def parse_arg(arg, *, flags: tuple[str, ...] = ("runlocal",), choices: tuple[str, ...] = (),
+              default_choice: str | None = None, options: dict | None = None, config: str = "this config") -> ConfigArgs:
+    """The one parser of every config's ``:ARG``: comma-separated words, each a choice (e.g. a dataset), a flag
+    (e.g. ``runlocal``) or ``key=value`` (an option of a declared type). An unknown word is a ValueError that
+    lists what the config knows and suggests the closest one (``runlcoal`` -> ``runlocal``)."""
+    options = dict(options or {})
+    known = list(choices) + list(flags) + [f"{k}=..." for k in options]
+    choice, seen, values = None, set(), {}
+    for word in (w.strip() for w in (arg or "").split(",")):
+        if not word:
+            continue
+        key, eq, value = word.partition("=")
+        if eq and key in options:
+            try:
+                values[key] = options[key](value)
+            except ValueError:
+                raise ValueError(f"{config}: {key}={value!r} is not a valid {options[key].__name__}.") from None
+        elif not eq and word in flags:
+            seen.add(word)
+        elif not eq and word in choices and choice is None:
+            choice = word
+        else:
+            close = difflib.get_close_matches(key if eq else word, [k.split("=")[0] for k in known], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{config} does not know the argument word {word!r}.{hint} It takes "
+                             f"{', '.join(known) or 'no argument'} (comma-separated).")
+    return ConfigArgs(choice=choice if choice is not None else default_choice, flags=frozenset(seen),
+                      options=values)
 
 
 def apply_runlocal(c: ml_collections.ConfigDict, *, num_train_steps: int = 60, batch_size: int | None = None):
@@ -79,7 +119,7 @@ def he2016_cifar_resnet(dataset: str, model: str, arg=None):
     """He et al. 2016 (Sec. 4.2) CIFAR ResNet recipe: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1
     divided by 10 at 32k and 48k iterations, 64k iterations, crop + flip augmentation. ``arg``: "runlocal"
     (50 steps, batch 64) and/or "bf16" (bfloat16 compute)."""
-    args = parse_arg(arg)
+    args = parse_arg(arg, flags=("runlocal", "bf16"), config=f"{model}_{dataset}.py")
     c = base_config()
     c.dataset = dataset
     c.model = model

@@ -26,14 +26,8 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 
 
 def _parse(arg):
-    words = common.parse_arg(arg)
-    runlocal = "runlocal" in words
-    words.discard("runlocal")
-    datasets = [w for w in words if w in DATASETS]
-    unknown = sorted(words - set(DATASETS))
-    if unknown or len(datasets) > 1:
-        raise ValueError(f"compare.py takes DATASET[,runlocal] with DATASET one of {DATASETS}; got {arg!r}.")
-    return (datasets[0] if datasets else "fashion_mnist"), runlocal
+    args = common.parse_arg(arg, choices=DATASETS, default_choice="fashion_mnist", config="compare.py")
+    return args.choice, "runlocal" in args
 
 
 def _config_module(name):

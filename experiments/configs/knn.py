@@ -14,19 +14,14 @@ cifar10 needs the CIFAR files, which this machine does not have (run reports how
 
 import ml_collections
 
+from experiments.configs import common
+
 DATASETS = ("fashion_mnist", "mnist", "digits", "cifar10")
 
 
 def get_config(arg=None):
-    parts = [p.strip() for p in (arg or "fashion_mnist").split(",") if p.strip()]
-    dataset = parts[0]
-    if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r} for the kNN experiment; known: {list(DATASETS)}. "
-                         "Use e.g. --config=experiments/configs/knn.py:mnist,runlocal")
-    unknown = [p for p in parts[1:] if p != "runlocal"]
-    if unknown:
-        raise ValueError(f"Unknown config options {unknown}; the only option is 'runlocal'.")
-    runlocal = "runlocal" in parts[1:]
+    args = common.parse_arg(arg, choices=DATASETS, default_choice="fashion_mnist", config="knn.py")
+    dataset, runlocal = args.choice, "runlocal" in args
 
     c = ml_collections.ConfigDict()
     c.kind = "knn"

@@ -12,7 +12,7 @@ from experiments.configs import common
 
 
 def get_config(arg=None):
-    args = common.parse_arg(arg)
+    args = common.parse_arg(arg, flags=("runlocal", "bf16"), config="resnet18_fashion_mnist.py")
     c = common.base_config()
     c.dataset = "fashion_mnist"
     c.model = "resnet18"
