@@ -205,7 +205,8 @@ def format_device(machine: Mapping) -> str:
     {"cpu_model": "AMD EPYC 7B13"} gives "AMD EPYC 7B13"; an empty dict gives "unknown machine".
     """
     if not isinstance(machine, Mapping):
-        raise ValueError(f"machine must be a dict such as compare.machine_info() returns, got {type(machine).__name__}.")
+        raise ValueError(f"machine must be a dict such as compare.machine_info() returns, "
+                         f"got {type(machine).__name__}.")
 
     def present(key):
         value = machine.get(key)

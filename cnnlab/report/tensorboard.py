@@ -305,7 +305,8 @@ def write_scalars_from_metrics(metrics_jsonl_path: str | os.PathLike, logdir: st
             elif _is_number(record.get("elapsed_s")):
                 wall_time = run_start + float(record["elapsed_s"])
             # else: an eval record without times keeps the time of the record before it
-            scalars = {tag_for_metric(k): v for k, v in record.items() if k not in ("step", "wall_time") and _is_number(v)}
+            scalars = {tag_for_metric(k): v for k, v in record.items()
+                       if k not in ("step", "wall_time") and _is_number(v)}
             writer.add_scalars(int(record["step"]), scalars, wall_time=wall_time)
     return writer.path
 
