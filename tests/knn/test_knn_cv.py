@@ -35,3 +35,19 @@ def test_cross_validate_structure_and_values():
     assert summary["best"] == {"k": cv.best_k, "metric": cv.best_metric, "mean_accuracy": cv.best_accuracy}
     again = knn.cross_validate(points, labels, ks=ks, metrics=metrics, folds=3, seed=7)
     np.testing.assert_array_equal(again.accuracy, cv.accuracy)
+
+def test_cross_validate_rejects_non_integer_ks_and_takes_one_metric_name():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 6)).astype(np.uint8)
+    y = np.arange(30) % 3
+    for ks in ((1, 2.5), (1, True), [np.float64(3.0)], "135"):
+        with pytest.raises(TypeError, match="ks must"):
+            knn.cross_validate(x, y, ks=ks, folds=3)
+    one = knn.cross_validate(x, y, ks=[1, 3], metrics="l1", folds=3)
+    assert one.metrics == ["l1"]
+    np.testing.assert_array_equal(one.accuracy, knn.cross_validate(x, y, ks=[1, 3], metrics=["l1"], folds=3).accuracy)
+    assert knn.cross_validate(x, y, ks=np.array([1, 3]), metrics=("l2",), folds=3).ks == [1, 3]
+    with pytest.raises(ValueError, match="Unknown metric"):
+        knn.cross_validate(x, y, ks=[1], metrics=["l1", "cosine"], folds=3)
+    with pytest.raises(ValueError, match="query_block must be a positive integer"):
+        knn.cross_validate(x, y, ks=[1], folds=3, query_block=0)

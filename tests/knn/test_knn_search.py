@@ -181,3 +181,16 @@ def test_l1_tile_type_follows_the_cpu_and_stays_exact(monkeypatch, native_fp16):
         np.testing.assert_array_equal(np.asarray(distances), want_d)
     finally:
         search.compiled_search.cache_clear()
+
+
+@pytest.mark.parametrize("option, value", [("query_block", 0), ("train_block", 0), ("query_block", -4),
+                                           ("train_block", -1)])
+def test_zero_or_negative_block_sizes_are_rejected_not_taken_as_default(option, value):
+    x = np.zeros((10, 4), np.uint8)
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer or None"):
+        knn.nearest(x, x, k=1, **{option: value})
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer or None"):
+        knn.block_plan(10, 10, 4, k=1, **{option: value})
+    with pytest.raises(TypeError, match=f"{option} must be a positive integer"):
+        knn.block_plan(10, 10, 4, k=1, **{option: 2.5})
+    assert knn.block_plan(10, 10, 4, k=1, **{option: None}) == knn.block_plan(10, 10, 4, k=1)

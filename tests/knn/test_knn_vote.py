@@ -1,5 +1,7 @@
 """cnnlab.knn.vote: tie rules, predict against scikit-learn, label checks."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
@@ -61,3 +63,16 @@ def test_smallest_label_predictions_equal_sklearn_brute(metric, sklearn_metric):
         theirs = KNeighborsClassifier(n_neighbors=k, algorithm="brute", metric=sklearn_metric).fit(train, labels)
         ours = knn.predict(train, labels, queries, k=k, metric=metric, tie_break="smallest_label")
         np.testing.assert_array_equal(ours, theirs.predict(queries))
+
+def test_vote_rejects_labels_outside_the_class_range():
+    with pytest.raises(ValueError, match=r"label 4, outside the valid range \[0, 4\)"):
+        knn.vote(np.array([[0, 4, 1]]), 4)
+    with pytest.raises(ValueError, match=r"label -1, outside the valid range \[0, 3\)"):
+        knn.vote(jnp.array([[2, -1]]), 3)
+    with pytest.raises(TypeError, match="integer class indices"):
+        knn.vote(np.array([[0.0, 1.0]]), 2)
+    with pytest.raises(ValueError, match=r"\[Q, k\]"):
+        knn.vote(np.array([0, 1]), 2)
+    # Under jit the labels are not known on the host: vote stays traceable (the documented limitation).
+    voted = jax.jit(lambda labels: knn.vote(labels, 3, tie_break="smallest_label"))(jnp.array([[2, 1, 1]]))
+    np.testing.assert_array_equal(np.asarray(voted), [1])
