@@ -11,7 +11,8 @@ is given). Each descriptor is also a pure function of one image or mask in those
 
 Defined results: an empty foreground (also every constant image under Otsu) gives 0 components, Euler number,
 holes and skeleton counts, area/perimeter/diameter 0 and NaN for the other geometric values; the statistics are
-always defined. Wrong rank, dtype, connectivity or levels raise ValueError/TypeError saying what to pass.
+always defined. Wrong rank, dtype, connectivity, levels or threshold shape, and float images that are not
+finite or not in [0, 1] (checked on the host before the jit), raise ValueError/TypeError saying what to pass.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def describe_image(image: jax.Array, threshold=None, *, connectivity: int = 8, l
     """
     image = jnp.asarray(image)
     binarize.check_image(image)
+    binarize.check_scalar_threshold(threshold)
     grey = quantize(image, levels)
     counts = binarize.histogram(grey, levels)
     if threshold is not None:
@@ -92,7 +94,7 @@ def describe(images, *, connectivity: int = 8, threshold=None, levels: int = 256
       images: ``[N, H, W, 1]`` (``[N, H, W]`` is accepted too). uint8, floating point or bool.
       connectivity: 4 or 8, the foreground adjacency for components, Euler number and holes.
       threshold: None for Otsu's threshold per image; else a scalar or ``[N]`` array in image units, the
-        foreground being ``image > threshold``.
+        foreground being ``image > threshold``. Any other shape raises ValueError naming the expected one.
       levels: grey levels L (2..256) for Otsu and the statistics.
     Returns:
       ``{name: [N]}`` for every name in ``NAMES``: topological int32, geometric and statistical float32.
@@ -107,6 +109,7 @@ def describe(images, *, connectivity: int = 8, threshold=None, levels: int = 256
         raise ValueError(f"describe needs a batch [N, H, W, 1] (or [N, H, W]); got shape {tuple(images.shape)}. "
                          "For one image use describe_image(image).")
     binarize.check_dtype(images.dtype, name="images")
+    binarize.check_float_range(images, name="images")
     topological.check_connectivity(connectivity)
     levels = binarize.check_levels(levels)
     if images.shape[1] < 1 or images.shape[2] < 1:
@@ -115,6 +118,10 @@ def describe(images, *, connectivity: int = 8, threshold=None, levels: int = 256
     if threshold is None:
         thresholds = jnp.zeros((count,), jnp.float32)
     else:
-        thresholds = jnp.broadcast_to(jnp.asarray(threshold, jnp.float32), (count,))
+        shape = tuple(jnp.shape(threshold))
+        if shape not in ((), (1,), (count,)):
+            raise ValueError(f"threshold must be a scalar or one value per image, shape ({count},) for these "
+                             f"{count} images; got shape {shape}.")
+        thresholds = jnp.broadcast_to(jnp.asarray(threshold, jnp.float32).reshape(-1), (count,))
     return _describe_batch(jnp.asarray(images), thresholds, connectivity=connectivity, levels=levels,
                            has_threshold=threshold is not None)

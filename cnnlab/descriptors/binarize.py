@@ -24,11 +24,45 @@ import numpy as np
 
 
 def check_image(image, *, name: str = "image") -> None:
-    """Raises a clear error unless ``image`` is one 2-D uint8 or floating image (shapes are static under jit)."""
+    """Raises a clear error unless ``image`` is one 2-D uint8, bool or floating image; a concrete float image
+    must also be finite and in [0, 1] (``check_float_range``). Shapes are static under jit."""
     if image.ndim != 2:
         raise ValueError(f"{name} must be one 2-D image [H, W]; got shape {tuple(image.shape)}. "
                          "Use describe() for a batch [N, H, W, 1].")
     check_dtype(image.dtype, name=name)
+    check_float_range(image, name=name)
+
+
+def check_float_range(images, *, name: str = "images") -> None:
+    """Float images must be finite and lie in [0, 1]; raises ValueError saying what was found and what to do.
+
+    Checked only on concrete arrays (numpy or jax arrays outside a trace): under ``jit`` the values are not
+    known, so callers check on the host first (``describe`` does). Without it, 0..255 floats are clipped to 1
+    by ``quantize`` and NaN compares False everywhere, so both silently give an empty foreground (area 0).
+    """
+    if isinstance(images, jax.core.Tracer) or not np.issubdtype(np.dtype(images.dtype), np.floating):
+        return
+    if images.size == 0:
+        return
+    if isinstance(images, jax.Array):   # reduce where the data lives; only three scalars come back
+        finite = jnp.isfinite(images)
+        bad, low, high = jax.device_get((jnp.sum(~finite), jnp.min(jnp.where(finite, images, jnp.inf)),
+                                         jnp.max(jnp.where(finite, images, -jnp.inf))))
+    else:
+        values = np.asarray(images)
+        finite = np.isfinite(values)
+        bad = int(values.size - np.count_nonzero(finite))
+        low = np.min(values, initial=np.inf, where=finite)
+        high = np.max(values, initial=-np.inf, where=finite)
+    if bad:
+        raise ValueError(f"{name} hold {int(bad)} NaN or infinite values; float images must be finite and lie in "
+                         "[0, 1]. Replace or drop those pixels first.")
+    if high > 1.0:
+        raise ValueError(f"{name} are float with values up to {float(high)}; float images must lie in [0, 1] "
+                         "(divide by 255) or pass uint8.")
+    if low < 0.0:
+        raise ValueError(f"{name} are float with values down to {float(low)}; float images must lie in [0, 1] "
+                         "(rescale them) or pass uint8.")
 
 
 def check_dtype(dtype, *, name: str = "image") -> None:
@@ -36,6 +70,13 @@ def check_dtype(dtype, *, name: str = "image") -> None:
     if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
         raise TypeError(f"{name} must be uint8 (0..255), floating point (0..1) or bool; got dtype {dtype}. "
                         "Convert it, e.g. image.astype(np.uint8).")
+
+
+def check_scalar_threshold(threshold) -> None:
+    """One image takes one threshold (a scalar); a batch's thresholds go to ``describe``."""
+    if threshold is not None and jnp.ndim(threshold) != 0:
+        raise ValueError(f"threshold for one image must be a scalar; got shape {tuple(jnp.shape(threshold))}. "
+                         "For one threshold per image use describe(images, threshold=[N values]).")
 
 
 def check_levels(levels: int) -> int:
@@ -98,6 +139,7 @@ def foreground(image: jax.Array, threshold=None, levels: int = 256) -> jax.Array
     """Binary object mask ``[H, W]`` bool of one image: ``image > threshold`` (Otsu's when None)."""
     image = jnp.asarray(image)
     check_image(image)
+    check_scalar_threshold(threshold)
     if image.dtype == jnp.bool_:
         return image if threshold is None else image.astype(jnp.float32) > threshold
     if threshold is not None:

@@ -246,32 +246,3 @@ def geometric(mask: jax.Array) -> dict[str, jax.Array]:
     return {k: (v if k in defined_when_empty else jnp.where(empty, nan, v)).astype(jnp.float32)
             for k, v in values.items()}
 
-
-def area(mask):
-    """Foreground pixels (float32)."""
-    return jnp.sum(check_mask(mask), dtype=jnp.float32)
-
-
-def compactness(mask):
-    """perimeter^2 / area."""
-    return geometric(mask)["compactness"]
-
-
-def eccentricity(mask):
-    """regionprops eccentricity sqrt(1 - l2/l1)."""
-    return geometric(mask)["eccentricity"]
-
-
-def axis_ratio(mask):
-    """major / minor axis length (the lecture's eccentricity)."""
-    return geometric(mask)["axis_ratio"]
-
-
-def solidity(mask):
-    """area / convex area."""
-    return geometric(mask)["solidity"]
-
-
-def extent(mask):
-    """area / bounding-box area."""
-    return geometric(mask)["extent"]

@@ -57,32 +57,3 @@ def statistics(image: jax.Array, levels: int = 256) -> dict[str, jax.Array]:
     grey = binarize.quantize(image, levels)
     return histogram_statistics(binarize.histogram(grey, levels))
 
-
-def mean(image, levels: int = 256):
-    """Mean grey level m (in levels 0..L-1)."""
-    return statistics(image, levels)["mean"]
-
-
-def std(image, levels: int = 256):
-    """Standard deviation of the grey levels."""
-    return statistics(image, levels)["std"]
-
-
-def smoothness(image, levels: int = 256):
-    """R = 1 - 1/(1 + variance/(L-1)^2)."""
-    return statistics(image, levels)["smoothness"]
-
-
-def third_moment(image, levels: int = 256):
-    """mu3 / (L-1)^2."""
-    return statistics(image, levels)["third_moment"]
-
-
-def uniformity(image, levels: int = 256):
-    """sum p^2."""
-    return statistics(image, levels)["uniformity"]
-
-
-def entropy(image, levels: int = 256):
-    """-sum p log2 p (bits)."""
-    return statistics(image, levels)["entropy"]

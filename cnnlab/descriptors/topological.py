@@ -52,9 +52,6 @@ _SECOND_PASS = np.isin(_ZHANG_SUEN_TABLE, (2, 3))
 
 _OFFSETS_4 = ((-1, 0), (0, -1), (0, 1), (1, 0))
 _OFFSETS_8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-# (row, col) offset and weight of each neighbour in the Zhang-Suen table index.
-_TABLE_WEIGHTS = (((-1, -1), 1), ((-1, 0), 2), ((-1, 1), 4), ((0, 1), 8),
-                  ((1, 1), 16), ((1, 0), 32), ((1, -1), 64), ((0, -1), 128))
 
 NAMES = ("components", "euler_number", "holes", "skeleton_length", "end_points", "branch_points")
 
@@ -265,25 +262,6 @@ def skeleton(mask: jax.Array) -> jax.Array:
 
     rows, _ = jax.lax.while_loop(lambda s: s[1], body, (pack_rows(mask), jnp.bool_(True)))
     return unpack_rows(rows, mask.shape[1])
-
-
-def skeleton_reference(mask: jax.Array) -> jax.Array:
-    """The same skeleton pixel by pixel (table lookups on int32 neighbour codes); slower, kept as a cross-check."""
-    mask = check_mask(mask)
-    first, second = jnp.asarray(_FIRST_PASS), jnp.asarray(_SECOND_PASS)
-
-    def sub_pass(image, removable):
-        shifted = _neighbours(image, [offset for offset, _ in _TABLE_WEIGHTS], 0)
-        code = functools.reduce(jnp.add, [s * w for s, (_, w) in zip(shifted, _TABLE_WEIGHTS)])
-        return jnp.where(removable[code], 0, image)
-
-    def body(state):
-        image, _ = state
-        thinned = sub_pass(sub_pass(image, first), second)
-        return thinned, jnp.any(thinned != image)
-
-    thinned, _ = jax.lax.while_loop(lambda s: s[1], body, (mask.astype(jnp.int32), jnp.bool_(True)))
-    return thinned.astype(bool)
 
 
 def _skeleton_counts(skel: jax.Array) -> dict[str, jax.Array]:

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from skimage import filters, measure
+from skimage.transform import resize
+from sklearn.datasets import load_digits
 
 from cnnlab import descriptors
-from cnnlab.descriptors import binarize
-
+from cnnlab.descriptors import binarize, statistical
 
 _jitted_topological = jax.jit(descriptors.topological_descriptors, static_argnums=1)
 _jitted_geometric = jax.jit(descriptors.geometric_descriptors)
@@ -16,8 +17,6 @@ _jitted_statistics = jax.jit(descriptors.statistics)
 
 
 def _digits_28():
-    from sklearn.datasets import load_digits
-    from skimage.transform import resize
     images = load_digits().images[:60] / 16.0
     return np.stack([(resize(x, (28, 28), order=1) * 255).round().astype(np.uint8) for x in images])
 
@@ -85,3 +84,39 @@ def test_bad_inputs_raise_clear_errors():
         descriptors.describe(np.zeros((2, 8, 8, 1), np.uint8), connectivity=6)
     with pytest.raises(ValueError, match="levels"):
         descriptors.describe(np.zeros((2, 8, 8, 1), np.uint8), levels=1)
+
+
+def test_float_images_outside_0_1_or_not_finite_are_rejected_before_they_give_area_0():
+    """0..255 floats used to be clipped to 1 (every pixel at the top level: empty foreground, area 0) and NaN
+    compared False everywhere; both passed silently."""
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    images[:, 2:6, 2:6] = 200.0
+    with pytest.raises(ValueError, match=r"values up to 200\.0; float images must lie in \[0, 1\] \(divide by 255\)"):
+        descriptors.describe(images)
+    with pytest.raises(ValueError, match="values up to 200"):                   # a jax array on the device too
+        descriptors.describe(jnp.asarray(images))
+    with pytest.raises(ValueError, match=r"down to -0\.5"):
+        descriptors.describe(np.full((2, 8, 8, 1), -0.5, np.float32))
+    with_nan = images / 255.0
+    with_nan[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        descriptors.describe(with_nan)
+    with pytest.raises(ValueError, match="values up to 200"):                   # the per-image functions too
+        descriptors.describe_image(jnp.asarray(images[0, ..., 0]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        statistical.statistics(np.full((4, 4), np.inf, np.float32))
+    with pytest.raises(ValueError, match="values up to 200"):
+        descriptors.foreground(images[0, ..., 0])
+    # Inside a trace the values are unknown: the functions stay jittable (the check runs on the host first).
+    in_range = jax.jit(descriptors.describe_image)(jnp.asarray(images[0, ..., 0] / 255.0))
+    assert float(in_range["area"]) == 16
+
+
+def test_threshold_of_the_wrong_length_names_the_expected_shape():
+    images = np.zeros((5, 8, 8, 1), np.uint8)
+    with pytest.raises(ValueError, match=r"scalar or one value per image, shape \(5,\) .* got shape \(3,\)"):
+        descriptors.describe(images, threshold=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"got shape \(5, 1\)"):
+        descriptors.describe(images, threshold=np.zeros((5, 1)))
+    with pytest.raises(ValueError, match="must be a scalar"):
+        descriptors.describe_image(jnp.zeros((8, 8), jnp.uint8), threshold=np.array([1, 2]))
