@@ -1,11 +1,15 @@
-"""Pictures of k-nearest neighbours: nearest training images, 2-D decision regions, cross-validation curves.
+"""Pictures of k-nearest neighbours: nearest training images, decision regions, cross-validation curves.
 
     plot_neighbours(query_images, query_labels, neighbour_images, neighbour_labels, "neighbours.png")
-    points, labels = toy_2d_dataset(seed=0)
-    plot_decision_regions(points, labels, "regions.png", ks=(1, 5), metrics=("l1", "l2"))
+    regions = knn.decision_regions(train_x, train_y, k=5, metric="l1", tie_break="nearest")
+    plot_decision_regions(regions, "regions.png", class_names=names)      # the run's data, PCA plane
+    points, labels = knn.toy_2d_dataset(seed=0)
+    panels = [knn.decision_grid(points, labels, k=k, metric=m) for m in ("l1", "l2") for k in (1, 5)]
+    plot_toy_decision_regions(panels, "regions_toy.png")                  # the lecture's toy picture
     plot_cv_accuracy(cv, "cv.png")        # cv: knn.CrossValidation or its to_dict()
 
-All functions write a PNG with matplotlib's Agg canvas (no display needed) and return its path.
+Arrays in, files out: the computations live in cnnlab.knn. All functions write a PNG with matplotlib's Agg
+canvas (no display needed) and return its path.
 """
 
 from __future__ import annotations
@@ -15,14 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from cnnlab import knn
-
 _CORRECT, _WRONG = "#1a9850", "#d73027"
-_REGION_COLOURS = ["#8dd3c7", "#fdb462", "#bebada", "#fb8072", "#80b1d3", "#b3de69", "#fccde5", "#bc80bd"]
-_POINT_COLOURS = ["#1b7a6e", "#c96d00", "#5e52a6", "#c0271b", "#2c6d9c", "#5c8c1a", "#c2468f", "#6b2d6e"]
 
 
 def _save(fig: Figure, out_png: str) -> str:
@@ -104,75 +105,102 @@ def plot_neighbours(
     return _save(fig, out_png)
 
 
-def toy_2d_dataset(seed: int = 0, *, points_per_class: int = 20, num_classes: int = 3, size: int = 100):
-    """A small 2-D toy problem for decision-region pictures: ``num_classes`` overlapping clusters of integer
-    points in [0, size)^2 (integer coordinates give exact distance ties too). Returns (points [N, 2] int32,
-    labels [N] int32)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform(0.25 * size, 0.75 * size, (num_classes, 2))
-    points = np.concatenate([rng.normal(c, 0.14 * size, (points_per_class, 2)) for c in centres])
-    labels = np.repeat(np.arange(num_classes), points_per_class)
-    points = np.clip(np.round(points), 0, size - 1).astype(np.int32)
-    return points, labels.astype(np.int32)
+def _class_colours(num_classes: int) -> tuple[list, list]:
+    """(light region colours, dark point colours) for up to 20 classes: matplotlib's paired tab20 palette,
+    then the lightest/darkest shades of tab20b and tab20c."""
+    if num_classes > 20:
+        raise ValueError(f"at most 20 classes can be coloured apart, got {num_classes}; plot a subset of the classes.")
+    tab20 = colormaps["tab20"].colors
+    light, dark = list(tab20[1::2]), list(tab20[0::2])
+    for name in ("tab20b", "tab20c"):
+        shades = colormaps[name].colors
+        light += list(shades[3::4])
+        dark += list(shades[0::4])
+    return light[:num_classes], dark[:num_classes]
 
 
-def decision_grid(points, labels, *, k: int, metric: str, resolution: int = 160, tie_break: str = "nearest"):
-    """kNN labels over a regular grid covering the points. Returns (xs [R], ys [R], predicted [R, R],
-    tied [R, R] bool: the vote had more than one class with the top count)."""
-    points = np.asarray(points)
-    labels = np.asarray(labels)
-    low, high = points.min(0), points.max(0)
-    margin = 0.08 * (high - low + 1)
-    xs = np.linspace(low[0] - margin[0], high[0] + margin[0], resolution)
-    ys = np.linspace(low[1] - margin[1], high[1] + margin[1], resolution)
-    grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
-    classes, encoded = np.unique(labels, return_inverse=True)
-    _, idx = knn.nearest(points.astype(np.float32), grid, k=k, metric=metric)
-    neighbour_labels = encoded[np.asarray(idx)]
-    counts = np.stack([(neighbour_labels == c).sum(1) for c in range(len(classes))], 1)
-    tied = (counts == counts.max(1, keepdims=True)).sum(1) > 1
-    predicted = np.asarray(knn.vote(neighbour_labels, len(classes), tie_break=tie_break))
-    return xs, ys, predicted.reshape(resolution, resolution), tied.reshape(resolution, resolution)
+def _class_name(regions, index: int, class_names) -> str:
+    label = regions.classes[index]
+    return str(class_names[int(label)]) if class_names is not None else str(label)
 
 
-def plot_decision_regions(
-    points,
-    labels,
-    out_png: str,
-    *,
-    ks: Sequence[int] = (1, 5),
-    metrics: Sequence[str] = ("l1", "l2"),
-    resolution: int = 160,
-) -> str:
-    """Decision regions of kNN on 2-D points, one panel per (metric, k); grid points whose vote is tied are
-    white. points [N, 2], labels [N] ints (at most 8 classes)."""
-    points = np.asarray(points)
-    labels = np.asarray(labels)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"points must be [N, 2] for a 2-D picture, got shape {points.shape}.")
-    classes, encoded = np.unique(labels, return_inverse=True)
-    if len(classes) > len(_REGION_COLOURS):
-        raise ValueError(f"at most {len(_REGION_COLOURS)} classes can be coloured, got {len(classes)}.")
-    cmap = ListedColormap(["#ffffff"] + _REGION_COLOURS[: len(classes)])
-    fig = Figure(figsize=(4.2 * len(ks), 4.0 * len(metrics)))
-    axes = fig.subplots(len(metrics), len(ks), squeeze=False)
-    for m, metric in enumerate(metrics):
-        for j, k in enumerate(ks):
-            xs, ys, predicted, tied = decision_grid(points, labels, k=k, metric=metric, resolution=resolution)
-            shade = np.where(tied, 0, predicted + 1)
-            ax = axes[m, j]
-            ax.pcolormesh(xs, ys, shade, cmap=cmap, vmin=0, vmax=len(classes), shading="auto")
-            for c in range(len(classes)):
-                sel = encoded == c
-                ax.scatter(points[sel, 0], points[sel, 1], s=16, c=_POINT_COLOURS[c], edgecolors="k",
-                           linewidths=0.5, label=f"class {classes[c]}")
-            ax.set_title(f"{metric.upper()}, k={k}  (white: tied vote, {100 * tied.mean():.1f}% of the plane)",
-                         fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("kNN decision regions on a 2-D toy data set", fontsize=10)
+def _draw_regions(ax, regions, *, class_names=None, point_size: float = 16, shade_ties: bool = False) -> list:
+    """Region colours (white: UNDECIDED, or a tied vote when shade_ties) and the points over them; returns the
+    legend handles (one per class)."""
+    num_classes = len(regions.classes)
+    light, dark = _class_colours(num_classes)
+    shade = regions.labels + 1  # 0: undecided
+    if shade_ties:
+        shade = np.where(regions.vote_tied, 0, shade)
+    cmap = ListedColormap(["#ffffff"] + light)
+    ax.pcolormesh(regions.grid_x, regions.grid_y, shade, cmap=cmap, vmin=-0.5, vmax=num_classes + 0.5,
+                  shading="auto", rasterized=True)
+    handles = []
+    for c in range(num_classes):
+        chosen = regions.point_labels == c
+        handles.append(ax.scatter(regions.points[chosen, 0], regions.points[chosen, 1], s=point_size, color=dark[c],
+                                  edgecolors="k", linewidths=0.3, label=_class_name(regions, c, class_names)))
+    ax.set_xlim(regions.grid_x[0], regions.grid_x[-1])
+    ax.set_ylim(regions.grid_y[0], regions.grid_y[-1])
+    return handles
+
+
+def plot_decision_regions(regions, out_png: str, *, class_names: Sequence[str] | None = None,
+                          title: str | None = None) -> str:
+    """One panel: the kNN decision regions of ``regions`` (a ``knn.DecisionRegions``, e.g. from
+    ``knn.decision_regions``: kNN in the plane of the training set's first two principal components), the
+    (projected) training points coloured by class on top, a legend of the classes beside the panel.
+
+    class_names: names indexed by the training labels (e.g. a data set's class_names); default the labels.
+    Axis labels give each principal component's share of the variance when ``regions`` is a PCA projection.
+    """
+    fig = Figure(figsize=(8.6, 6.2))
+    ax = fig.subplots()
+    point_size = 9 if len(regions.points) > 500 else 16
+    handles = _draw_regions(ax, regions, class_names=class_names, point_size=point_size)
+    if regions.explained_variance_ratio is not None:
+        ratio = 100 * np.asarray(regions.explained_variance_ratio)
+        ax.set_xlabel(f"PC 1 ({ratio[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC 2 ({ratio[1]:.1f}% of variance)")
+    else:
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
+    ax.legend(handles=handles, title="class", fontsize=8, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, markerscale=1.5)
+    decided = 100 * float(np.mean(regions.vote_tied))
+    subtitle = (f"{regions.metric.upper()}, k={regions.k}; tied votes ({decided:.1f}% of the grid) decided by "
+                f"'{regions.tie_break}'; {len(regions.points)} of {regions.num_train} training points")
+    plane = "in the plane of the first two principal components" if regions.explained_variance_ratio is not None \
+        else "in 2-D"
+    ax.set_title((title or f"kNN decision regions {plane}") + "\n" + subtitle, fontsize=9)
     fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_toy_decision_regions(panels: Sequence, out_png: str, *, title: str | None = None) -> str:
+    """The lecture's picture: kNN decision regions on toy 2-D points, one panel per ``knn.DecisionRegions`` in
+    ``panels`` (e.g. ``knn.decision_grid`` of ``knn.toy_2d_dataset()`` for k = 1, 5 and L1, L2), up to 2 per
+    row; grid points whose vote was tied are white. Labelled "lecture illustration: toy 2-D data" so it is not
+    mistaken for a picture of the experiment's data."""
+    panels = list(panels)
+    if not panels:
+        raise ValueError("panels is empty; give at least one knn.DecisionRegions (e.g. from knn.decision_grid).")
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(4.3 * columns + 1.4, 4.0 * rows + 0.5))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    handles = []
+    for ax, regions in zip(axes.flat, panels):
+        handles = _draw_regions(ax, regions, shade_ties=True)
+        ax.set_title(f"{regions.metric.upper()}, k={regions.k}  (white: tied vote, "
+                     f"{100 * regions.vote_tied.mean():.1f}% of the plane)", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.legend(handles=handles, labels=[f"class {c}" for c in panels[0].classes], fontsize=8, loc="upper right")
+    fig.suptitle(title or "kNN decision regions -- lecture illustration: toy 2-D data", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))
     return _save(fig, out_png)
 
 
