@@ -123,6 +123,9 @@ def run(config, workdir: str) -> dict:
                                                           replace=False)
         dist, idx = index.nearest(test_x[shown], k=config.num_shown_neighbours, metric=cv.best_metric)
         idx = np.asarray(idx)
+        toy_points, toy_labels = knn.toy_2d_dataset(config.seed)
+        toy_panels = [knn.decision_grid(toy_points, toy_labels, k=k, metric=metric, tie_break="smallest_label")
+                      for k in (1, 5) for metric in ("l1", "l2")]
         regions = knn.decision_regions(train_x, train_y, k=cv.best_k, metric=cv.best_metric,
                                        tie_break=config.tie_break, seed=config.seed)
         plots = {
@@ -138,7 +141,7 @@ def run(config, workdir: str) -> dict:
                 cv, wd.file("cv_accuracy.png"),
                 title=f"{config.dataset}: {cv.folds}-fold CV on {len(cv_idx)} training images"),
             "Lecture illustration: toy 2-D data": neighbour_plots.plot_toy_decision_regions(
-                wd.file("regions_toy.png"), seed=config.seed),
+                toy_panels, wd.file("regions_toy.png")),
         }
         cv_std = float(cv.std[cv.ks.index(cv.best_k), cv.metrics.index(cv.best_metric)])
         results = workdir_lib.results_record(
