@@ -1,33 +1,30 @@
-"""Fixtures for the training tests: a tiny, fast LeNet-5-on-digits config (8x8 digits zero-padded to 28x28)."""
+"""Fixtures for the training tests: a tiny, fast LeNet-5-on-digits config (8x8 digits zero-padded to 28x28), and one
+uninterrupted reference run (``_train_helpers.reference_config``) shared by the resume and signal tests."""
+
+import shutil
 
 import pytest
-
-from experiments.configs import common
-
-
-def tiny_config(**overrides):
-    """LeNet-5 on sklearn digits (1,438 train / 359 test), batch 32: one epoch is 44 steps."""
-    c = common.base_config()
-    c.dataset = "digits"
-    c.image_size = 28
-    c.model = "lenet5"
-    c.num_epochs = 1
-    c.batch_size = 32
-    c.eval_batch_size = 120
-    c.optimizer = "sgd"
-    c.learning_rate = 0.05
-    c.weight_decay = 1e-4
-    c.schedule = "constant"
-    c.steps_per_dispatch = 4
-    c.log_every_steps = 10
-    c.checkpoint_every_steps = 0
-    c.report = False
-    for key, value in overrides.items():
-        c[key] = value
-    return c
+from _train_helpers import reference_config, tiny_config
 
 
 @pytest.fixture
 def make_config():
     return tiny_config
 
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """(workdir, results) of the uninterrupted reference run; tests copy the workdir, never change it."""
+    from cnnlab.jobs import train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+    results = train_and_evaluate(reference_config(), workdir)
+    return workdir, results
+
+
+@pytest.fixture
+def reference_copy(reference_run, tmp_path):
+    """A private copy of the reference workdir (checkpoints, metrics.jsonl, config.json, results.json)."""
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(reference_run[0], workdir)
+    return workdir
