@@ -23,7 +23,6 @@ The comparison is built only from the jobs' results.json, which every job fills 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping

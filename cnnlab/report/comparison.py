@@ -195,33 +195,3 @@ def plot_comparison(methods: Sequence[Mapping], out_png: str | os.PathLike, *, t
     out_png = check_png_path(out_png)
     comparison_figure(methods, title=title).savefig(out_png)
     return out_png
-
-
-def format_device(machine: Mapping) -> str:
-    """The one "ran on" text: "<cpu model> (<n> cores), jax <version> <backend>: <devices>".
-
-    ``machine`` may hold cpu_model, usable_cores, jax_version, jax_backend and jax_devices (as
-    ``cnnlab.compare.machine_info`` returns); missing or empty ones are left out with their punctuation, e.g.
-    {"cpu_model": "AMD EPYC 7B13"} gives "AMD EPYC 7B13"; an empty dict gives "unknown machine".
-    """
-    if not isinstance(machine, Mapping):
-        raise ValueError(f"machine must be a dict such as compare.machine_info() returns, "
-                         f"got {type(machine).__name__}.")
-
-    def present(key):
-        value = machine.get(key)
-        return None if value is None or value == "" else value
-
-    parts = []
-    cores = present("usable_cores")
-    cores_text = None if cores is None else f"{cores} core" + ("" if cores == 1 else "s")
-    if present("cpu_model"):
-        parts.append(f"{machine['cpu_model']}" + (f" ({cores_text})" if cores_text else ""))
-    elif cores_text:
-        parts.append(cores_text)
-    jax_words = [str(v) for v in (present("jax_version"), present("jax_backend")) if v is not None]
-    devices = present("jax_devices")
-    if jax_words or devices is not None:
-        jax_text = " ".join(["jax", *jax_words])
-        parts.append(jax_text + (f": {devices}" if devices is not None else ""))
-    return ", ".join(parts) if parts else "unknown machine"

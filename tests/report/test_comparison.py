@@ -127,16 +127,3 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="must end in .png"):
         comparison.plot_comparison(DIGITS, tmp_path / "c.pdf")
     assert not (tmp_path / "c.png").exists()
-
-
-def test_format_device():
-    machine = json.loads(FASHION_MNIST.read_text())["machine"]
-    assert comparison.format_device(machine) == "Intel(R) Xeon(R) Processor (2 cores), jax 0.10.2 cpu: 1 x cpu"
-    assert comparison.format_device({"cpu_model": "AMD EPYC 7B13", "usable_cores": 1}) == "AMD EPYC 7B13 (1 core)"
-    assert comparison.format_device({"usable_cores": 2, "jax_backend": "gpu", "jax_devices": "1 x H200"}) == \
-        "2 cores, jax gpu: 1 x H200"
-    assert comparison.format_device({"jax_devices": "8 x cpu", "cpu_model": ""}) == "jax: 8 x cpu"
-    assert comparison.format_device({"cpu_model": "Xeon", "jax_version": "0.10.2"}) == "Xeon, jax 0.10.2"
-    assert comparison.format_device({}) == "unknown machine"
-    with pytest.raises(ValueError, match="machine must be a dict"):
-        comparison.format_device("Xeon")
