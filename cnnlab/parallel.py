@@ -99,12 +99,19 @@ def put_host_batch(batch: dict[str, np.ndarray], mesh: Mesh, *, leading_unsharde
     global batch; with one process that is the whole batch. One process: one batched ``device_put`` of the whole
     dict (147 -> 88 us per LeNet-5 batch); several: one ``make_array_from_process_local_data`` per array.
     """
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh has no axis {axis!r}; its axes are {mesh.axis_names}.")
     sharding = batch_sharded(mesh, axis, leading_unsharded_axes=leading_unsharded_axes)
+    batch = {name: np.asarray(value) for name, value in batch.items()}
+    for name, value in batch.items():
+        global_rows = value.shape[leading_unsharded_axes] * jax.process_count()
+        if global_rows % mesh.shape[axis]:
+            raise ValueError(f"{name}: a global batch of {global_rows} rows does not split evenly over the "
+                             f"{mesh.shape[axis]} devices of mesh axis {axis!r}.")
     if jax.process_count() == 1:  # the whole global batch is here
-        return jax.device_put({name: np.asarray(value) for name, value in batch.items()}, sharding)
+        return jax.device_put(batch, sharding)
     out = {}
     for name, value in batch.items():
-        value = np.asarray(value)
         global_shape = list(value.shape)
         global_shape[leading_unsharded_axes] *= jax.process_count()
         out[name] = jax.make_array_from_process_local_data(sharding, value, tuple(global_shape))

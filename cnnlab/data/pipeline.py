@@ -6,7 +6,7 @@ Host side (numpy): every process computes the same global order of examples for 
 `batch_size // process_count` rows of each. Evaluation pads the last global batch and marks the padding
 with mask=False, so summing per-example metrics under the mask counts every example exactly once.
 
-Device side (jax): `shard_batch` assembles the per-process slices into global arrays sharded on the batch
+Device side (jax): `cnnlab.parallel.put_host_batch` assembles the per-process slices into global arrays sharded on the batch
 axis over a mesh axis; `normalize` and `augment` are jitted functions on those arrays.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 def num_batches(num_examples: int, batch_size: int, *, drop_remainder: bool) -> int:
@@ -85,28 +85,6 @@ def epoch_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, se
         label[:valid] = labels[rows]
         mask[:valid] = True
         yield {"image": image, "label": label, "mask": mask}
-
-
-def shard_batch(batch: dict, mesh: Mesh, axis: str = "data") -> dict[str, jax.Array]:
-    """Per-process host arrays -> global jax.Arrays sharded on the leading (batch) axis over `axis`.
-
-    Each process passes its own slice (as produced by epoch_batches); the global batch is the
-    concatenation over processes in process order, split evenly across the devices of mesh axis `axis`
-    (replicated over the mesh's other axes).
-    """
-    if axis not in mesh.axis_names:
-        raise ValueError(f"mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-    devices_on_axis = mesh.shape[axis]
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        global_rows = value.shape[0] * jax.process_count()
-        if global_rows % devices_on_axis:
-            raise ValueError(f"{key}: global batch of {global_rows} rows does not split evenly over the "
-                             f"{devices_on_axis} devices of mesh axis {axis!r}")
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
-    return out
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))

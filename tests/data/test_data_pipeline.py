@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from cnnlab import parallel
 from cnnlab.data import pipeline
 
 
@@ -120,12 +121,12 @@ def test_bad_inputs():
                                     process_count=2))
 
 
-def test_shard_batch_over_8_devices():
+def test_put_host_batch_over_8_devices():
     assert jax.device_count() == 8, "tests/conftest.py should force 8 CPU devices"
     mesh = jax.make_mesh((8,), ("data",))
     images, labels = _toy(100, shape=(6, 6, 3))
     batch = next(pipeline.epoch_batches(images, labels, batch_size=32, seed=0, epoch=0))
-    sharded = pipeline.shard_batch(batch, mesh)
+    sharded = parallel.put_host_batch(batch, mesh)
     assert set(sharded) == {"image", "label", "mask"}
     for key, array in sharded.items():
         assert isinstance(array, jax.Array) and array.shape == batch[key].shape
@@ -137,19 +138,19 @@ def test_shard_batch_over_8_devices():
         np.testing.assert_array_equal(np.asarray(array), batch[key])
 
 
-def test_shard_batch_on_a_2d_mesh_and_errors():
+def test_put_host_batch_on_a_2d_mesh_and_errors():
     mesh = jax.make_mesh((4, 2), ("data", "model"))
     images, labels = _toy(16)
     batch = next(pipeline.epoch_batches(images, labels, batch_size=8, seed=0, epoch=0))
-    sharded = pipeline.shard_batch(batch, mesh)
+    sharded = parallel.put_host_batch(batch, mesh)
     assert len(sharded["label"].addressable_shards) == 8  # 4-way split, replicated over "model"
     assert {s.data.shape for s in sharded["label"].addressable_shards} == {(2,)}
     np.testing.assert_array_equal(np.asarray(sharded["image"]), batch["image"])
     with pytest.raises(ValueError, match="no axis 'batch'"):
-        pipeline.shard_batch(batch, mesh, axis="batch")
+        parallel.put_host_batch(batch, mesh, axis="batch")
     odd = next(pipeline.epoch_batches(images, labels, batch_size=6, seed=0, epoch=0))
     with pytest.raises(ValueError, match="6 rows does not split evenly over the 4 devices"):
-        pipeline.shard_batch(odd, mesh)
+        parallel.put_host_batch(odd, mesh)
 
 
 def test_normalize_matches_numpy():
@@ -163,7 +164,7 @@ def test_normalize_matches_numpy():
     assert half.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(half, np.float32), expected, rtol=1e-2, atol=1e-2)
     mesh = jax.make_mesh((8,), ("data",))
-    sharded = pipeline.shard_batch({"image": np.repeat(images, 8, axis=0)[:16]}, mesh)["image"]
+    sharded = parallel.put_host_batch({"image": np.repeat(images, 8, axis=0)[:16]}, mesh)["image"]
     out = pipeline.normalize(sharded, mean, std)
     assert out.sharding.spec[0] == "data"
 
@@ -210,7 +211,7 @@ def test_augment_options_and_float_input():
 def test_augment_on_sharded_batch_matches_host():
     mesh = jax.make_mesh((8,), ("data",))
     images = np.random.default_rng(3).integers(0, 256, (32, 8, 8, 3)).astype(np.uint8)
-    sharded = pipeline.shard_batch({"image": images}, mesh)["image"]
+    sharded = parallel.put_host_batch({"image": images}, mesh)["image"]
     key = jax.random.key(7)
     out = pipeline.augment(key, sharded)
     assert out.sharding.spec[0] == "data"
