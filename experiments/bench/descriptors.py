@@ -26,19 +26,21 @@ import warnings
 
 import jax
 import numpy as np
+import skimage
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
+from skimage import filters, measure, morphology
+from skimage.transform import resize
+from sklearn.datasets import load_digits
 
-from cnnlab import descriptors
+from cnnlab import data, descriptors
 
 _NEIGHBOURS_3X3 = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], np.uint8)
 
 
 def load_images(num_images: int):
     """uint8 [N, 28, 28, 1] and a sentence saying where they came from."""
-    from cnnlab import data
-
     for name in ("fashion_mnist", "mnist"):
         try:
             if data.is_prepared(name):
@@ -47,9 +49,6 @@ def load_images(num_images: int):
                     return images[:num_images], f"{name} test split, first {num_images} images (real data)"
         except Exception as error:  # noqa: BLE001 - fall through to the next source, saying why
             print(f"[bench] {name} not usable: {error}")
-    from sklearn.datasets import load_digits
-    from skimage.transform import resize
-
     digits = load_digits().images / 16.0
     upscaled = np.stack([(resize(x, (28, 28), order=1) * 255).round().astype(np.uint8) for x in digits])
     images = np.resize(upscaled, (num_images, 28, 28))[..., None]
@@ -58,8 +57,6 @@ def load_images(num_images: int):
 
 def skimage_descriptors(image: np.ndarray, connectivity: int) -> dict[str, float]:
     """The descriptors of one uint8 image [H, W] with scikit-image, scipy and numpy (the peer)."""
-    from skimage import filters, measure, morphology
-
     mask = image > filters.threshold_otsu(image)
     sk_connectivity = 1 if connectivity == 4 else 2
     values = {"components": measure.label(mask, connectivity=sk_connectivity).max() if mask.any() else 0,
@@ -150,8 +147,6 @@ def main(argv=None):
         reference = [skimage_descriptors(image[..., 0], args.connectivity) for image in images]
     skimage_s, skimage_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     mismatches = compare(ours, reference)
-
-    import skimage
 
     result = {
         "images": source, "num_images": int(len(images)), "image_shape": list(images.shape[1:]),
