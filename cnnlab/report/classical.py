@@ -100,8 +100,9 @@ def plot_descriptor_distributions(features, labels, names: Sequence[str], class_
         axis.grid(axis="y", alpha=0.3)
     for axis in axes[len(shown):]:
         axis.set_visible(False)
-    figure.suptitle(f"The {len(shown)} descriptors that separate the classes best (ANOVA F-score), per class: "
-                    f"box = quartiles, line = median, {len(labels)} images", fontsize=11, y=1 - 0.2 / height)
+    figure.suptitle(f"The {len(shown)} descriptors that separate the classes best (ANOVA F-score), one box per "
+                    f"class (quartiles, median line), {len(labels):,} images", fontsize=11, y=1 - 0.2 / height)
+    figure.supxlabel("class", fontsize=10, y=0.1 / height)
     return _save(figure, out_png)
 
 
