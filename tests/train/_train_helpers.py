@@ -8,11 +8,12 @@ import sys
 from experiments.configs import common, lenet5_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The reference run: 3 epochs of 44 steps, one device, 11 steps per dispatch/log/checkpoint (few compilations).
+# The reference run: 3 epochs of 44 steps, one device, one step per dispatch (one quick compilation), a log and
+# a checkpoint every 11 steps.
 # Subprocesses get these as --config.FIELD=VALUE, in-process runs as fields of lenet5_digits.get_config().
 REFERENCE_OVERRIDES = {"num_epochs": 3, "batch_size": 32, "eval_batch_size": 120, "checkpoint_every_steps": 11,
-                       "steps_per_dispatch": 11, "log_every_steps": 11, "report": False, "augment": True,
-                       "num_devices": 1}
+                       "steps_per_dispatch": 1, "log_every_steps": 11, "report": False, "augment": True,
+                       "num_devices": 1, "keep_checkpoints": 12}  # every checkpoint kept: tests rewind to any
 REFERENCE_STEPS = 132
 TIMING_KEYS = {"images_per_s", "elapsed_s"}
 
