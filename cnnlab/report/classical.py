@@ -223,7 +223,7 @@ def classical_markdown(results: Mapping, figures: Mapping[str, str], machine_tex
                      f"{r['validation_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
                      f"{r['train_accuracy']:.4f} | {r['train_time_s']:.2f} | {r['inference_s_per_1000']:.3f} |")
     if "confusion" in figures:
-        lines += ["", f"Confusion matrix of the chosen pipeline on the test split:", "",
+        lines += ["", "Confusion matrix of the chosen pipeline on the test split:", "",
                   f"![confusion matrix]({figures['confusion']})"]
     if "descriptors" in figures:
         lines += ["", "The descriptors that separate the classes best (ANOVA F-score), per class, on the training "
