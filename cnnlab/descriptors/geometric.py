@@ -37,7 +37,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cnnlab.descriptors.topological import _neighbours, check_mask
+from cnnlab.descriptors.topological import check_mask, shifted_neighbours
 
 NAMES = ("area", "perimeter", "diameter", "compactness", "eccentricity", "axis_ratio", "major_axis_length",
          "minor_axis_length", "extent", "solidity", "hu_1", "hu_2", "hu_3", "hu_4", "hu_5", "hu_6", "hu_7")
@@ -50,10 +50,10 @@ _DIAGONALS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 def perimeter(mask: jax.Array) -> jax.Array:
     """regionprops perimeter of the foreground (float32; module docstring)."""
     mask = check_mask(mask)
-    eroded = functools.reduce(jnp.logical_and, _neighbours(mask, _OFFSETS_4, False), mask)
+    eroded = functools.reduce(jnp.logical_and, shifted_neighbours(mask, _OFFSETS_4, False), mask)
     border = (mask & ~eroded).astype(jnp.int32)
-    straight = functools.reduce(jnp.add, _neighbours(border, _OFFSETS_4, 0))
-    diagonal = functools.reduce(jnp.add, _neighbours(border, _DIAGONALS, 0))
+    straight = functools.reduce(jnp.add, shifted_neighbours(border, _OFFSETS_4, 0))
+    diagonal = functools.reduce(jnp.add, shifted_neighbours(border, _DIAGONALS, 0))
     # Weight of a border pixel from (4-neighbours, diagonal neighbours) on the border (Benkrid & Crookes,
     # as skimage.measure.perimeter): code 1 + 2 * straight + 10 * diagonal.
     code = 1 + 2 * straight + 10 * diagonal

@@ -72,7 +72,7 @@ def check_mask(mask) -> jax.Array:
     return mask
 
 
-def _neighbours(x: jax.Array, offsets, fill) -> list[jax.Array]:
+def shifted_neighbours(x: jax.Array, offsets, fill) -> list[jax.Array]:
     """For each (dr, dc): y[r, c] = x[r + dr, c + dc], ``fill`` outside the image."""
     height, width = x.shape
     padded = jnp.pad(x, 1, constant_values=fill)
@@ -95,7 +95,7 @@ def _union_find(nodes: jax.Array, edges) -> tuple[jax.Array, jax.Array]:
     def neighbour_min(labels):
         smallest = labels
         for offset, edge in edges:
-            shifted = _neighbours(labels, [offset], background)[0]
+            shifted = shifted_neighbours(labels, [offset], background)[0]
             smallest = jnp.minimum(smallest, jnp.where(edge, shifted, background))
         return jnp.where(nodes, smallest, background)
 
@@ -125,7 +125,7 @@ def _union_find(nodes: jax.Array, edges) -> tuple[jax.Array, jax.Array]:
 
 def _pixel_graph(mask):
     """4-adjacency: pixels are the nodes, joined to foreground 4-neighbours."""
-    return mask, [(offset, mask & _neighbours(mask, [offset], False)[0]) for offset in _OFFSETS_4]
+    return mask, [(offset, mask & shifted_neighbours(mask, [offset], False)[0]) for offset in _OFFSETS_4]
 
 
 def _block_graph(mask):
@@ -137,7 +137,7 @@ def _block_graph(mask):
     a, b, c, d = padded[0::2, 0::2], padded[0::2, 1::2], padded[1::2, 0::2], padded[1::2, 1::2]
 
     def at(x, offset):
-        return _neighbours(x, [offset], False)[0]
+        return shifted_neighbours(x, [offset], False)[0]
 
     right = (b | d) & at(a | c, (0, 1))
     down = (c | d) & at(a | b, (1, 0))
@@ -266,7 +266,7 @@ def skeleton(mask: jax.Array) -> jax.Array:
 
 def _skeleton_counts(skel: jax.Array) -> dict[str, jax.Array]:
     s = skel.astype(jnp.int32)
-    neighbours = functools.reduce(jnp.add, _neighbours(s, _OFFSETS_8, 0))
+    neighbours = functools.reduce(jnp.add, shifted_neighbours(s, _OFFSETS_8, 0))
     return {
         "skeleton_length": jnp.sum(s, dtype=jnp.int32),
         "end_points": jnp.sum(skel & (neighbours == 1), dtype=jnp.int32),
