@@ -146,8 +146,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, args, expected):
 
 def test_model_override_from_the_command_line_trains(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    status, out, err = _main_in_process(capsys, CONFIG, f"--workdir={workdir}", "--config.model_overrides.style=original",
-                                        "--config.num_train_steps=2", "--config.report=false",
+    status, out, err = _main_in_process(capsys, CONFIG, f"--workdir={workdir}", "--config.num_train_steps=2",
+                                        "--config.model_overrides.style=original", "--config.report=false",
                                         "--config.num_devices=1")
     assert status == 0, err
     assert "Final: test accuracy" in out
