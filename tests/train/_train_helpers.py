@@ -31,7 +31,7 @@ def tiny_config(**overrides):
     c.learning_rate = 0.05
     c.weight_decay = 1e-4
     c.schedule = "constant"
-    c.steps_per_dispatch = 4
+    c.steps_per_dispatch = 1  # one program length: one compilation per run
     c.log_every_steps = 10
     c.checkpoint_every_steps = 0
     c.report = False
