@@ -25,6 +25,8 @@ def test_config_arguments():
 def test_digits_end_to_end_fills_the_schema(tmp_path, capsys):
     config = knn_config.get_config("digits,runlocal")
     config.ks = (1, 3, 5)
+    config.folds = 3
+    config.cv_train_size = 600
     results = knn_job.run(config, str(tmp_path))
     for name in ("config.json", "results.json", "results.md", "neighbours.png", "regions.png", "cv_accuracy.png",
                  "regions_toy.png"):
@@ -42,7 +44,7 @@ def test_digits_end_to_end_fills_the_schema(tmp_path, capsys):
     assert 1438 * 64 <= saved["model"]["bytes"] < 2 * 1438 * 64  # the stored uint8 images (+ block padding)
     assert saved["machine"]["usable_cores"] >= 1 and saved["software"]["jax"]
     cv = details["cross_validation"]
-    assert np.asarray(cv["accuracy"]).shape == (3, 2, 5)
+    assert np.asarray(cv["accuracy"]).shape == (3, 2, 3) and details["cv_train_size"] == 600
     assert details["cv_accuracy"] == pytest.approx(np.max(cv["mean"]))
     # The reported test accuracy is the accuracy of predict with the chosen pair on the full splits.
     train, test = data.load("digits", "train"), data.load("digits", "test")
