@@ -36,6 +36,19 @@ def _tree_bytes(tree) -> int:
     return int(sum(np.dtype(leaf.dtype).itemsize * int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
 
 
+class _RecordSink:
+    """metrics.jsonl, plus the TensorBoard event files redrawn from it after every evaluation (so
+    ``tensorboard --logdir`` shows a run while it trains, and exactly its restored history after a resume)."""
+
+    def __init__(self, wd: workdir_lib.Workdir):
+        self.wd = wd
+
+    def append(self, record) -> None:
+        self.wd.metrics.append(record)
+        if self.wd.is_chief and "eval_accuracy" in record:
+            tensorboard.write_scalars_from_metrics(self.wd.metrics.path, self.wd.file("tensorboard"))
+
+
 def _results(run: loop.Run, outcome: loop.TrainOutcome, wall_s: float) -> dict:
     config, final = run.config, outcome.final_eval
     state = outcome.state
@@ -95,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if resumed.step and wd.is_chief:
                 print(f"Resuming from checkpoint step {resumed.step} of {run.total_steps} in {checkpoints.directory}",
                       flush=True)
-            outcome = loop.train(run, state, checkpoints, wd.metrics, resumed)
+            outcome = loop.train(run, state, checkpoints, _RecordSink(wd), resumed)
         results = _results(run, outcome, time.perf_counter() - began)
         if wd.is_chief:
             wd.write_results(results)
