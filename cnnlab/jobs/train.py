@@ -90,6 +90,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     and a workdir another job holds (``workdir.WorkdirBusy``), before writing anything.
     """
     began = time.perf_counter()
+    loop.validate_config(config)  # a bad value is reported before the workdir is created
     parallel.maybe_initialize_distributed(config)
     wd = workdir_lib.Workdir(workdir, is_chief=jax.process_index() == 0)
     with wd.locked(command=f"train {config.get('model')} on {config.get('dataset')}"):
