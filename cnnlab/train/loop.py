@@ -272,10 +272,14 @@ def evaluate(run: Run, state) -> dict:
 
 
 class _QuietOrbax(logging.Filter):
-    """Drops Orbax's INFO chatter (several lines per save) from the absl log; its warnings and errors stay."""
+    """Drops Orbax's INFO chatter (several lines per save) from the absl log, and its warning for every
+    mid-epoch checkpoint (saved without an eval metric on purpose: only epoch ends are ranked); its other
+    warnings and errors stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and "did not provide metrics" not in record.getMessage()
 
 
 def open_checkpoints(run: Run, directory: str) -> checkpoint_lib.Checkpoints:
