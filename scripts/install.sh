@@ -108,6 +108,16 @@ fi
 echo "== [2/4] Python environment in $VENV ($("$PYTHON" --version))"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
+if [ "$EXTRAS" != dev ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+  # No GPU: prefer torch's CPU build (local version +cpu) where the index offers it, instead of the CUDA build
+  # and its ~20 CUDA packages that torch==2.13.0 resolves to on the public index.
+  if "$VENV/bin/python" -m pip install -q "torch==2.13.0+cpu" 2>/dev/null; then
+    echo "   torch 2.13.0+cpu (no GPU found: the CPU build)"
+  else
+    echo "   no GPU found, but the package index offers no torch 2.13.0+cpu: pip takes its torch==2.13.0" \
+         "(on the public index a CUDA build of several GB); set PIP_EXTRA_INDEX_URL to PyTorch's CPU index to avoid it"
+  fi
+fi
 "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
 echo "   installed cnnlab[$EXTRAS]$([ "$EXTRAS" = dev ] && echo ' (no benchmark peers: add --with-peers for torch, faiss-cpu, tensorboard)')"
 

@@ -136,7 +136,7 @@ def run(config, workdir: str) -> dict:
                       f"({cv.best_metric.upper()}), green = same label as the query, red = different"),
             "Decision regions of this run (PCA projection)": neighbour_plots.plot_decision_regions(
                 regions, wd.file("regions.png"), class_names=train.class_names,
-                title=f"{config.dataset}: k={cv.best_k}, {cv.best_metric.upper()}, ties: {config.tie_break}"),
+                title=f"{config.dataset}: kNN decision regions of this run, in the PCA plane of its training set"),
             "Cross-validation accuracy": neighbour_plots.plot_cv_accuracy(
                 cv, wd.file("cv_accuracy.png"),
                 title=f"{config.dataset}: {cv.folds}-fold CV on {len(cv_idx)} training images"),

@@ -28,9 +28,14 @@ CASES = [  # (size, channels, k, out, window): k + window - 1 a multiple of wind
 ]
 
 
-@pytest.mark.parametrize("size,channels,k,out,window", CASES)
-@pytest.mark.parametrize("activation,pool", [("relu", "max"), ("tanh", "avg"), ("tanh", "max"), ("linear", "avg")])
-@pytest.mark.parametrize("merge_batch", [True, False])
+PAIRS = [("relu", "max"), ("tanh", "avg"), ("tanh", "max"), ("linear", "avg")]
+# The default suite checks every case and every (activation, pool) pair, each shape with one pair in turn (12
+# compilations); --runslow checks the whole grid (48).
+GRID = [pytest.param(*case, *pair, merge, marks=() if j == i % len(PAIRS) else pytest.mark.slow)
+        for i, case in enumerate(CASES) for j, pair in enumerate(PAIRS) for merge in (True, False)]
+
+
+@pytest.mark.parametrize("size,channels,k,out,window,activation,pool,merge_batch", GRID)
 def test_values_and_gradients_equal_the_textbook_layers(size, channels, k, out, window, activation, pool,
                                                         merge_batch):
     keys = jax.random.split(jax.random.key(size * 100 + k), 4)
