@@ -32,6 +32,7 @@ from absl import logging
 import cnnlab.jobs  # the JOBS table: read at call time (this module is one of its entries)
 from cnnlab.jobs import workdir as workdir_lib
 from cnnlab.report import comparison as comparison_plot
+from cnnlab.report import run_report
 
 METHOD_KINDS = ("train", "knn", "classical")
 
@@ -39,24 +40,13 @@ METHOD_KINDS = ("train", "knn", "classical")
 # ------------------------------------------------------------------------------------------- config matching
 
 
-def _flatten(node: Mapping, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_differences(expected_config, written_config: Mapping) -> list[str]:
     """Keys of ``expected_config`` whose value differs in (or is missing from) a job's written ``config.json``.
 
     Keys that only the written config has (fields a job adds while running) are ignored.
     """
-    expected = _flatten(workdir_lib.to_jsonable(expected_config))
-    written = _flatten(workdir_lib.to_jsonable(dict(written_config)))
+    expected = run_report.flatten_config(workdir_lib.to_jsonable(expected_config))
+    written = run_report.flatten_config(workdir_lib.to_jsonable(dict(written_config)))
     missing = object()
     differences = []
     for key, value in expected.items():

@@ -43,6 +43,7 @@ import numpy as np
 
 from cnnlab import data, models, parallel
 from cnnlab.data import pipeline
+from cnnlab.report import run_report
 from cnnlab.train import checkpoint as checkpoint_lib
 from cnnlab.train import state as state_lib
 from cnnlab.train import steps as steps_lib
@@ -149,23 +150,11 @@ def model_overrides(config) -> dict:
     return overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
 
 
-def _flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in node.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
 def run_fingerprint(config) -> dict[str, Any]:
     """The config fields that change what a training run computes (all but ``SAFE_ON_RESUME``), flattened."""
-    plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    flat = _flatten(plain)
-    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in flat.items()
-            if k.split(".")[0] not in SAFE_ON_RESUME}
+    flat = run_report.flatten_config(config)
+    return {k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v)
+            for k, v in flat.items() if k.split(".")[0] not in SAFE_ON_RESUME}
 
 
 def fingerprint_differences(saved: Mapping, current: Mapping) -> list[str]:
