@@ -2,6 +2,9 @@
 
     python -m cnnlab.data [--data_dir DIR] [--manual_dir DIR]            # list: prepared?, where, sizes
     python -m cnnlab.data prepare NAME... | --all [--force] [--data_dir DIR] [--manual_dir DIR]
+    python -m cnnlab.data prepare imagenet2012 [--skip_bad]              # official tars in the manual dir
+    python -m cnnlab.data prepare image_folder --name=NAME --root=DIR [--test_root=DIR | --test_fraction=F]
+                          [--split_seed=S] [--skip_bad] [--force]
     python -m cnnlab.data bench NAME... [--repeats 3] [--json OUT]   # time prepare + load (fresh tmp dir)
 
 `prepare --all` prepares every dataset whose raw files are present and reports the others as skipped with
@@ -46,6 +49,45 @@ def list_datasets(data_dir, manual_dir) -> int:
                 print(f"{'':14s} loads in memory from scikit-learn without preparing")
             else:
                 print(f"{'':14s} raw files missing; to install: {row.install_hint}")
+    for row in loading.image_status(data_dir=data_dir, manual_dir=manual_dir):
+        state = "prepared" if row.prepared else "not prepared"
+        kind = "JPEG, streamed" if row.name == "imagenet2012" else "image folder, streamed"
+        print(f"{row.name:14s} {state:13s} {_sizes(row.split_sizes):28s} {row.path} ({kind})")
+        if row.prepared:
+            continue
+        if row.raw_problem:
+            print(f"{'':14s} raw files incomplete: {row.raw_problem}; to install: {row.install_hint}")
+        elif row.raw:
+            print(f"{'':14s} raw files: {row.raw} -> `python -m cnnlab.data prepare {row.name}`")
+        else:
+            print(f"{'':14s} raw files missing; to install: {row.install_hint}")
+    print("your own images: `python -m cnnlab.data prepare image_folder --name=NAME --root=DIR "
+          "[--test_root=DIR | --test_fraction=0.2]` (ROOT/<class name>/<image>.jpg|.png)")
+    return 0
+
+
+def prepare_image_datasets(args) -> int:
+    """prepare imagenet2012 / image_folder: one dataset per call, errors on stderr, exit status 1."""
+    name = args.names[0]
+    shown = args.name if name == "image_folder" else name
+    before = {row.name: row.prepared for row in loading.image_status(data_dir=args.data_dir,
+                                                                     manual_dir=args.manual_dir)}
+    try:
+        if name == "image_folder":
+            if not args.name or not args.root:
+                print("prepare image_folder: give --name=NAME and --root=DIR", file=sys.stderr)
+                return 2
+            path = loading.prepare_image_folder(
+                args.name, args.root, test_root=args.test_root, test_fraction=args.test_fraction,
+                split_seed=args.split_seed, skip_bad=args.skip_bad, data_dir=args.data_dir, force=args.force)
+        else:
+            path = loading.prepare(name, data_dir=args.data_dir, manual_dir=args.manual_dir, force=args.force,
+                                   skip_bad=args.skip_bad)
+    except (formats.RawFormatError, FileNotFoundError, ValueError) as e:
+        print(f"{shown}: FAILED: {e}", file=sys.stderr)
+        return 1
+    if before.get(shown) and not args.force:
+        print(f"{shown}: already prepared in {path} (--force prepares it again)")
     return 0
 
 
@@ -133,9 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                                                            "<data_dir>/downloads/manual)")
     commands = parser.add_subparsers(dest="command")
     prep = commands.add_parser("prepare", help="prepare datasets from their raw files")
-    prep.add_argument("names", nargs="*", help=f"datasets: {', '.join(loading.names())}")
+    prep.add_argument("names", nargs="*", help=f"datasets: {', '.join(loading.names())}, imagenet2012, "
+                                               f"image_folder")
     prep.add_argument("--all", action="store_true", help="every dataset whose raw files are present")
     prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+    prep.add_argument("--skip_bad", action="store_true", help="imagenet2012 / image_folder: skip files that "
+                      "do not decode (counted, listed in the dataset's metadata) instead of stopping")
+    prep.add_argument("--name", default=None, help="image_folder: the dataset's name (a-z, 0-9, _)")
+    prep.add_argument("--root", default=None, help="image_folder: ROOT/<class name>/<image file>")
+    prep.add_argument("--test_root", default=None, help="image_folder: test images, same layout")
+    prep.add_argument("--test_fraction", type=float, default=0.2,
+                      help="image_folder without --test_root: seeded stratified test fraction (0.2)")
+    prep.add_argument("--split_seed", type=int, default=0, help="image_folder: seed of that split (0)")
     prep.add_argument("--data_dir", default=argparse.SUPPRESS)
     prep.add_argument("--manual_dir", default=argparse.SUPPRESS)
     bench = commands.add_parser("bench", help="time prepare (fresh temporary data_dir) and load")
@@ -152,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False  # shown once, by handler
     try:
+        if args.command == "prepare" and args.names and args.names[0] in ("image_folder", "imagenet2012"):
+            if len(args.names) > 1 or args.all:
+                print(f"prepare {args.names[0]}: prepare it alone (no other names, no --all)", file=sys.stderr)
+                return 2
+            return prepare_image_datasets(args)
         if args.command == "prepare":
             return prepare_datasets(args.names, args.all, args.force, args.data_dir, args.manual_dir)
         if args.command == "bench":

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -40,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cnnlab.data import formats
+from cnnlab.data import formats, images
 
 VERSION = "1.0.0"
 BUILDER_PREFIX = "cnnlab_"
@@ -493,3 +494,192 @@ class CnnlabDigits(CnnlabBuilder):
 
 BUILDERS: dict[str, type[CnnlabBuilder]] = {
     cls.DATASET: cls for cls in (CnnlabCifar10, CnnlabCifar100, CnnlabDigits, CnnlabFashionMnist, CnnlabMnist)}
+
+
+# ------------------------------------------------------------------------ encoded-image datasets
+#
+# imagenet2012 and image folders hold JPEG/PNG files of many sizes: their records keep the encoded bytes
+# (decoding happens in the streaming pipeline). Features (all readable without TensorFlow, tested):
+#   "image":     Tensor(shape=(), dtype=object): the encoded file bytes (ImageNet: always RGB JPEG);
+#   "label":     ClassLabel: int64 in [0, num_classes);
+#   "file_name": Tensor(shape=(), dtype=object): the file name as UTF-8 bytes (ImageNet: the base name,
+#                e.g. n01440764_10026.JPEG; image folder: the path relative to its root, class/file.jpg).
+
+IMAGENET2012 = "imagenet2012"
+IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
+IMAGENET_VAL_TAR = "ILSVRC2012_img_val.tar"
+IMAGENET_SPLIT_SIZES = {"train": 1281167, "validation": 50000}
+FOLDER_PREFIX = "folder_"  # an image folder prepared as NAME lives in <data_dir>/cnnlab_folder_NAME/
+IMAGE_FOLDER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+IMAGENET_INSTALL_HINT = (
+    f"ImageNet cannot be downloaded automatically: sign in at https://image-net.org/download-images.php, "
+    f"download {IMAGENET_TRAIN_TAR} (138 GB) and {IMAGENET_VAL_TAR} (6.3 GB) of ILSVRC2012, put both "
+    f"(unextracted) in {MANUAL_PLACEHOLDER}/imagenet2012/, then run `{_PREPARE} imagenet2012`")
+
+
+def encoded_features(class_names: list[str]) -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+        "label": tfds.features.ClassLabel(names=class_names),
+        "file_name": tfds.features.Tensor(shape=(), dtype=np.object_)})
+
+
+def find_imagenet_tars(manual_dir: Path | None) -> tuple[dict[str, Path], list[str]]:
+    """({"train": path, "validation": path} found, [missing file names]) in MANUAL/imagenet2012, MANUAL.
+
+    Both tars are taken from the first of those folders that holds either of them.
+    """
+    folders = [] if manual_dir is None else [Path(manual_dir) / IMAGENET2012, Path(manual_dir)]
+    for folder in folders:
+        found = {split: folder / tar for split, tar in (("train", IMAGENET_TRAIN_TAR),
+                                                        ("validation", IMAGENET_VAL_TAR))
+                 if (folder / tar).is_file()}
+        if found:
+            missing = [os.fspath(folder / tar) for split, tar in (("train", IMAGENET_TRAIN_TAR),
+                                                                  ("validation", IMAGENET_VAL_TAR))
+                       if split not in found]
+            return found, missing
+    where = folders[0] if folders else Path(MANUAL_PLACEHOLDER) / IMAGENET2012
+    return {}, [os.fspath(where / IMAGENET_TRAIN_TAR), os.fspath(where / IMAGENET_VAL_TAR)]
+
+
+def imagenet_install_hint(manual_dir: Path | None = None) -> str:
+    manual = manual_dir if manual_dir is not None else default_manual_dir()
+    return IMAGENET_INSTALL_HINT.replace(MANUAL_PLACEHOLDER, os.fspath(manual))
+
+
+class EncodedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the encoded-image builders: records {"image": bytes, "label": int, "file_name": bytes}.
+
+    skip_bad: False -> the first bad file stops the prepare with a RawFormatError naming it; True -> bad
+    files are skipped, counted and listed in the metadata ("skipped": [[file, why], ...]).
+    Metadata also holds "mean"/"std": per-channel RGB statistics of the train split in [0, 1] units,
+    computed from the reduced-size decodes that check every file (JPEG DCT scaling to >= 64x64 pixels),
+    so close to but not exactly the full-resolution statistics.
+    """
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "Encoded JPEG/PNG bytes, label, file name (no TensorFlow)."}
+
+    def __init__(self, *, skip_bad: bool = False, **kwargs):
+        self.skip_bad = skip_bad
+        self.bad = images.BadFiles()
+        self.sums = images.PixelSums()
+        super().__init__(**kwargs)
+
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def description(self) -> str:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _LocalDatasetInfo(builder=self, description=self.description(),
+                                 features=encoded_features(self.class_names()),
+                                 supervised_keys=("image", "label"), disable_shuffling=True,
+                                 metadata=tfds.core.MetadataDict())
+
+    def _log_download_bytes(self) -> None:  # see CnnlabBuilder
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+    def _generate_examples(self, examples: Iterator[images.EncodedExample], last_split: bool,
+                 source: str) -> Iterator[tuple[int, dict]]:
+        """Numbers the examples; after the last split's last example, fills the metadata (written by TFDS
+        after every split has been generated)."""
+        for i, example in enumerate(examples):
+            yield i, {"image": example.image, "label": example.label, "file_name": example.file_name}
+        if last_split:
+            mean, std = self.sums.mean_std()
+            self.info.metadata.update({
+                "kind": "encoded_images", "source": source, "mean": mean, "std": std,
+                "skip_bad": self.skip_bad, "num_skipped": len(self.bad.skipped),
+                "skipped": [list(item) for item in self.bad.skipped]})
+
+
+class CnnlabImagenet2012(EncodedImageBuilder):
+    """ILSVRC2012 from the official tars in the manual dir: 1,281,167 train, 50,000 validation JPEGs."""
+
+    name = BUILDER_PREFIX + IMAGENET2012
+    MANUAL_DOWNLOAD_INSTRUCTIONS = IMAGENET_INSTALL_HINT
+
+    def class_names(self) -> list[str]:
+        return images.imagenet_labels()[0]
+
+    def description(self) -> str:
+        return ("cnnlab's imagenet2012: the official ILSVRC2012 train and validation tars, encoded RGB JPEG "
+                "bytes (TFDS's CMYK and PNG files re-encoded), labels in the order of TFDS's labels.txt.")
+
+    def _split_generators(self, dl_manager):
+        try:
+            manual = Path(dl_manager.manual_dir)
+        except (AssertionError, ValueError):
+            manual = None
+        tars, missing = find_imagenet_tars(manual)
+        if missing:
+            raise FileNotFoundError(f"imagenet2012: missing {', '.join(missing)}. To install: "
+                                    f"{imagenet_install_hint(manual)}")
+        class_names, validation_wnids = images.imagenet_labels()
+        source = f"{tars['train']}, {tars['validation']}"
+        return {
+            "train": self._generate_examples(images.iter_imagenet_train(
+                tars["train"], class_names, self.bad, self.skip_bad, self.sums), False, source),
+            "validation": self._generate_examples(images.iter_imagenet_validation(
+                tars["validation"], class_names, validation_wnids, self.bad, self.skip_bad), True, source)}
+
+
+class CnnlabImageFolder(EncodedImageBuilder):
+    """ROOT/<class>/<image> (JPEG/PNG) -> train and test splits; see image_folder_builder."""
+
+    def __init__(self, *, root=None, test_root=None, test_fraction: float = 0.2, split_seed: int = 0,
+                 **kwargs):
+        self.root, self.test_root = root, test_root
+        self.test_fraction, self.split_seed = test_fraction, split_seed
+        self._listing = None
+        if root is not None:  # classes are needed by _info, before anything is generated
+            self._listing = images.list_image_folder(root, images.BadFiles(), True)
+        super().__init__(**kwargs)
+
+    def class_names(self) -> list[str]:
+        if self._listing is None:
+            raise ValueError(f"{self.name}: give root= to prepare (a prepared one is read with "
+                             f"tfds.builder_from_directory)")
+        return self._listing.class_names
+
+    def description(self) -> str:
+        return (f"cnnlab image folder {self.root} (classes: sorted folder names); encoded JPEG/PNG bytes as "
+                f"found, label, path relative to the root.")
+
+    def _split_generators(self, dl_manager):
+        listing = images.list_image_folder(self.root, self.bad, self.skip_bad)
+        if self.test_root is not None:
+            test = images.list_image_folder(self.test_root, self.bad, self.skip_bad, listing.class_names)
+            train_files, test_files, test_dir = listing.files, test.files, test.root
+            source = f"{listing.root} (train), {test.root} (test)"
+        else:
+            train_files, test_files = images.stratified_split(listing.files, self.test_fraction,
+                                                              self.split_seed)
+            test_dir = listing.root
+            source = (f"{listing.root}, test = seeded stratified {self.test_fraction:g} "
+                      f"(split_seed {self.split_seed})")
+        self.info.metadata.update({"root": os.fspath(listing.root), "test_root": self.test_root and
+                                   os.fspath(test_dir), "test_fraction": None if self.test_root else
+                                   self.test_fraction, "split_seed": self.split_seed})
+        return {
+            "train": self._generate_examples(images.iter_folder_files(listing.root, train_files, self.bad,
+                                                            self.skip_bad, self.sums), False, source),
+            "test": self._generate_examples(images.iter_folder_files(test_dir, test_files, self.bad, self.skip_bad),
+                                  True, source)}
+
+
+def image_folder_builder(name: str) -> type[CnnlabImageFolder]:
+    """The builder class of the image folder prepared as `name` (stored in cnnlab_folder_<name>)."""
+    if not isinstance(name, str) or not IMAGE_FOLDER_NAME.match(name):
+        raise ValueError(f"image folder dataset name {name!r}: use lower-case letters, digits and _, "
+                         f"starting with a letter (e.g. my_photos)")
+    if name in SPECS or name == IMAGENET2012:
+        raise ValueError(f"image folder dataset name {name!r} is taken by a built-in dataset; pick another")
+    return type(f"CnnlabImageFolder_{name}", (CnnlabImageFolder,),
+                {"name": BUILDER_PREFIX + FOLDER_PREFIX + name}, skip_registration=True)

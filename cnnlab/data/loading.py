@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 from tensorflow_datasets.proto import tf_example_pb2
 
-from cnnlab.data import builders, formats
+from cnnlab.data import builders, formats, images
 
 log = logging.getLogger("cnnlab.data")
 _READ_CHUNK = 16384  # records deserialised per ArrayRecord bulk read
@@ -197,7 +197,7 @@ def _remove_interrupted(data_dir: Path, name: str) -> list[Path]:
     prepare). Only call it while holding _lock(data_dir, name): a prepare that is still running holds the
     lock, so anything matching is left over from one that died.
     """
-    builder_dir = data_dir / builders.SPECS[name].builder_name
+    builder_dir = data_dir / (builders.BUILDER_PREFIX + name)  # name: a SPECS key, imagenet2012, folder_X
     leftovers = sorted(builder_dir.glob(f"incomplete.*_{builders.VERSION}"))
     leftovers += sorted(data_dir.glob(_staging_prefix(name) + "*"))
     for path in leftovers:
@@ -221,7 +221,7 @@ def is_prepared(name: str, *, data_dir=None) -> bool:
 
 
 @_quiet_tfds()
-def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -> Path:
+def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False, skip_bad: bool = False) -> Path:
     """Prepares `name` from its raw files into data_dir; returns the prepared dataset's directory.
 
     Already-prepared data is kept unless force=True (which prepares into a staging folder and then swaps
@@ -231,7 +231,21 @@ def prepare(name: str, *, data_dir=None, manual_dir=None, force: bool = False) -
     temporary incomplete.* folder and renames it only when every split is written). Folders left by a
     killed prepare of `name` are removed first. Logs "Preparing NAME from FILES ..." and "Prepared NAME:
     SIZES in SECONDS s -> DIR" (logger "cnnlab.data", INFO).
+
+    imagenet2012 reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from <manual_dir>/imagenet2012/
+    (or <manual_dir>/); skip_bad (imagenet2012 only) skips and lists bad files instead of stopping.
+    Image folders are prepared with prepare_image_folder.
     """
+    if name == builders.IMAGENET2012:
+        data_dir = _data_dir(data_dir)
+        manual = _manual_dir(manual_dir, data_dir)
+        tars, missing = builders.find_imagenet_tars(manual)
+        if missing:
+            raise FileNotFoundError(f"imagenet2012: missing {', '.join(missing)}. To install: "
+                                    f"{builders.imagenet_install_hint(manual)}")
+        return _prepare_encoded(name, data_dir, lambda d: builders.CnnlabImagenet2012(
+            data_dir=os.fspath(d), file_format="array_record", skip_bad=skip_bad),
+            f"{tars['train']}, {tars['validation']}", force, manual)
     spec = _spec(name)
     data_dir = _data_dir(data_dir)
     manual = _manual_dir(manual_dir, data_dir)
@@ -330,6 +344,12 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None) -> Dataset:
     ones), FileNotFoundError with the install command when neither prepared data nor raw files exist, and
     formats.RawFormatError when the raw files are corrupt, incomplete or refused (UnsafePickleError).
     """
+    if name in image_dataset_names(data_dir):
+        raise ValueError(
+            f"{name!r} holds encoded JPEG/PNG images of many sizes ({_encoded_where(name, data_dir)}): it "
+            f"is streamed and decoded batch by batch, not loaded into memory as arrays. Read its records with "
+            f"cnnlab.data.loading.data_source({name!r}, {split!r}) or train on it through the streaming "
+            f"pipeline; data.load serves the in-memory datasets {', '.join(names())}")
     spec = _spec(name)
     data_dir = _data_dir(data_dir)
     _absolute_ranges(name, split, spec.split_sizes)  # validates the split names before any I/O
@@ -363,7 +383,14 @@ def _dataset(spec: builders.DatasetSpec, split: str, columns: dict[str, np.ndarr
 
 @_quiet_tfds()
 def info(name: str, *, data_dir=None) -> DatasetInfo:
-    """Shapes, classes, split sizes and train-split per-channel mean/std ([0, 1] units) of a dataset."""
+    """Shapes, classes, split sizes and train-split per-channel mean/std ([0, 1] units) of a dataset.
+
+    For the encoded-image datasets (imagenet2012, image folders) image_shape is (None, None, 3): sizes
+    vary; mean/std come from the prepared metadata (reduced-size decodes), for an unprepared imagenet2012
+    the published ImageNet values.
+    """
+    if name in image_dataset_names(data_dir):
+        return _encoded_info(name, _data_dir(data_dir))
     spec = _spec(name)
     builder = _builder(name, _data_dir(data_dir))
     prepared = _is_prepared(builder)
@@ -417,4 +444,165 @@ def status(*, data_dir=None, manual_dir=None) -> list[Status]:
             location, problem = None, str(e)
         rows.append(Status(name, prepared, os.fspath(builder.data_dir), _train_first(sizes),
                            location.description if location else None, _install_hint(spec, manual), problem))
+    return rows
+
+
+# ------------------------------------------------------------------------ encoded-image datasets
+
+
+def image_folder_names(data_dir=None) -> list[str]:
+    """Names of the image folders prepared in data_dir (prepare_image_folder), sorted."""
+    prefix = builders.BUILDER_PREFIX + builders.FOLDER_PREFIX
+    data_dir = _data_dir(data_dir)
+    if not data_dir.is_dir():
+        return []
+    return sorted(p.name.removeprefix(prefix) for p in data_dir.glob(prefix + "*")
+                  if (p / builders.VERSION / "dataset_info.json").is_file())
+
+
+def image_dataset_names(data_dir=None) -> list[str]:
+    """The encoded-image datasets: imagenet2012 and the image folders prepared in data_dir."""
+    return [builders.IMAGENET2012, *image_folder_names(data_dir)]
+
+
+def _encoded_key(name: str) -> str:
+    """The key of `name` in lock, staging and builder folder names: imagenet2012 or folder_<name>."""
+    return name if name == builders.IMAGENET2012 else builders.FOLDER_PREFIX + name
+
+
+def _encoded_dir(name: str, data_dir: Path) -> Path:
+    return data_dir / (builders.BUILDER_PREFIX + _encoded_key(name)) / builders.VERSION
+
+
+def _encoded_where(name: str, data_dir) -> str:
+    path = _encoded_dir(name, _data_dir(data_dir))
+    return f"prepared in {path}" if (path / "dataset_info.json").is_file() else "not prepared"
+
+
+def _prepare_encoded(name: str, data_dir: Path, make_builder, files_text: str, force: bool,
+                     manual: Path | None = None) -> Path:
+    """prepare()'s locking, leftover removal and staging, for the encoded-image builders."""
+    key = _encoded_key(name)
+    with _lock(data_dir, key):
+        _remove_interrupted(data_dir, key)
+        target = _encoded_dir(name, data_dir)
+        if (target / "dataset_info.json").is_file() and not force:
+            return target
+        log.info("Preparing %s from %s ...", name, files_text)
+        start = time.perf_counter()
+        config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual) if manual else None)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(key), dir=data_dir))
+        try:  # always staged: a failure keeps the previous data (if any) and leaves nothing readable
+            prepared = make_builder(staging)
+            prepared.download_and_prepare(download_config=config)
+            if target.exists():
+                target.rename(staging / "previous")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Path(prepared.data_dir).rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        sizes = {split: split_info.num_examples for split, split_info in prepared.info.splits.items()}
+        skipped = prepared.info.metadata.get("num_skipped", 0)
+        log.info("Prepared %s: %s in %.1f s -> %s%s", name, _sizes_text(sizes), time.perf_counter() - start,
+                 target, f" ({skipped:,} bad files skipped, listed in its metadata)" if skipped else "")
+        return target
+
+
+@_quiet_tfds()
+def prepare_image_folder(name: str, root, *, test_root=None, test_fraction: float = 0.2, split_seed: int = 0,
+                         skip_bad: bool = False, data_dir=None, force: bool = False) -> Path:
+    """Prepares ROOT/<class name>/<image file> (JPEG, PNG) as dataset `name`; returns its directory.
+
+    Classes: the sorted sub-folder names of root (torchvision ImageFolder's order). Test split: the
+    images under test_root (its class folders must be classes of root), else a seeded stratified
+    test_fraction of root's images (images.stratified_split). Records keep the file bytes as they are;
+    every file is checked by a reduced-size decode. Bad files (not decodable, not .jpg/.jpeg/.png, empty
+    class folders, files directly in root) raise formats.RawFormatError naming the file, or with
+    skip_bad are skipped and listed in the metadata. Prepared again only with force.
+    """
+    builder_cls = builders.image_folder_builder(name)
+    if test_root is None and not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    data_dir = _data_dir(data_dir)
+    root = Path(root).expanduser().absolute()
+    test_root = Path(test_root).expanduser().absolute() if test_root is not None else None
+    images.list_image_folder(root, images.BadFiles(), True)  # a missing root fails here, before any lock
+    return _prepare_encoded(
+        name, data_dir, lambda d: builder_cls(
+            data_dir=os.fspath(d), file_format="array_record", root=root, test_root=test_root,
+            test_fraction=test_fraction, split_seed=split_seed, skip_bad=skip_bad),
+        f"{root}" + (f" (train) and {test_root} (test)" if test_root else f" (test: {test_fraction:g} of it, "
+                                                                            f"split_seed {split_seed})"),
+        force)
+
+
+def _encoded_reader(name: str, data_dir: Path):
+    path = _encoded_dir(name, data_dir)
+    if not (path / "dataset_info.json").is_file():
+        hint = (builders.imagenet_install_hint(_manual_dir(None, data_dir)) if name == builders.IMAGENET2012
+                else f"run `python -m cnnlab.data prepare image_folder --name={name} --root=DIR`")
+        raise FileNotFoundError(f"{name} is not prepared in {data_dir}; {hint}")
+    return tfds.builder_from_directory(os.fspath(path))
+
+
+@_quiet_tfds()
+def data_source(name: str, split: str, *, data_dir=None):
+    """Random access to a prepared encoded-image split (TFDS data source, no TensorFlow).
+
+    source[i] -> {"image": bytes (JPEG/PNG), "label": int, "file_name": bytes (UTF-8)}; len(source).
+    `split` accepts TFDS slicing ("train[:1000]").
+    """
+    return _encoded_reader(name, _data_dir(data_dir)).as_data_source(split=split)
+
+
+IMAGENET_PUBLISHED_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation constants
+IMAGENET_PUBLISHED_STD = (0.229, 0.224, 0.225)
+
+
+def _encoded_info(name: str, data_dir: Path) -> DatasetInfo:
+    path = _encoded_dir(name, data_dir)
+    if (path / "dataset_info.json").is_file():
+        reader = _encoded_reader(name, data_dir)
+        metadata = reader.info.metadata or {}
+        class_names = list(reader.info.features["label"].names)
+        sizes = {s: i.num_examples for s, i in reader.info.splits.items()}
+        mean, std = tuple(metadata["mean"]), tuple(metadata["std"])
+        source = (f"computed at prepare time from reduced-size decodes of the train split "
+                  f"({metadata.get('source', '?')})")
+        return DatasetInfo(name, (None, None, 3), len(class_names), class_names, _train_first(sizes), mean,
+                           std, source, True, os.fspath(path))
+    class_names = images.imagenet_labels()[0]  # only imagenet2012 is known unprepared
+    return DatasetInfo(name, (None, None, 3), len(class_names), class_names,
+                       dict(builders.IMAGENET_SPLIT_SIZES), IMAGENET_PUBLISHED_MEAN, IMAGENET_PUBLISHED_STD,
+                       "published ImageNet statistics (torchvision); replaced by values computed at prepare "
+                       "time", False, None)
+
+
+@_quiet_tfds()
+def image_status(*, data_dir=None, manual_dir=None) -> list[Status]:
+    """The state of imagenet2012 and of every image folder prepared in data_dir.
+
+    imagenet2012's raw_problem names each missing tar with its full path when only one is there; raw
+    is None when neither is.
+    """
+    data_dir = _data_dir(data_dir)
+    manual = _manual_dir(manual_dir, data_dir)
+    rows = []
+    for name in image_dataset_names(data_dir):
+        path = _encoded_dir(name, data_dir)
+        prepared = (path / "dataset_info.json").is_file()
+        sizes = (_train_first({s: i.num_examples for s, i in _encoded_reader(name, data_dir).info.splits.items()})
+                 if prepared else dict(builders.IMAGENET_SPLIT_SIZES))
+        raw = problem = None
+        hint = ""
+        if name == builders.IMAGENET2012:
+            tars, missing = builders.find_imagenet_tars(manual)
+            hint = builders.imagenet_install_hint(manual)
+            if tars and missing:
+                problem = f"missing {', '.join(missing)} (found {', '.join(map(os.fspath, tars.values()))})"
+            elif tars:
+                raw = ", ".join(map(os.fspath, tars.values()))
+        else:
+            raw = f"image folder {(_encoded_reader(name, data_dir).info.metadata or {}).get('root', '?')}"
+        rows.append(Status(name, prepared, os.fspath(path), sizes, raw, hint, problem))
     return rows
