@@ -517,6 +517,51 @@ IMAGENET_INSTALL_HINT = (
     f"(unextracted) in {MANUAL_PLACEHOLDER}/imagenet2012/, then run `{_PREPARE} imagenet2012`")
 
 
+SHARD_BYTES = 512 << 20  # ArrayRecord shard size of the encoded-image datasets (ImageNet train: ~280 shards)
+
+
+def write_split_in_order(split: str, examples: Iterator[tuple[int, dict]],
+                         features: tfds.features.FeaturesDict, template, shard_bytes: int) -> tfds.core.SplitInfo:
+    """Writes `examples` (in the order given) as ArrayRecord shards named by TFDS's `template`.
+
+    Records are serialized tf.train.Example protos, exactly what TFDS's writer stores, so TFDS's readers
+    (as_data_source, builder_from_directory) read them. A new shard starts once the current one holds
+    `shard_bytes`; shards are written under temporary names and renamed once their count is known.
+    Memory: one record. Raises RawFormatError when the split has no examples.
+    """
+    from array_record.python import array_record_module  # what TFDS's ArrayRecord adapter uses
+    from tensorflow_datasets.core import example_serializer
+
+    serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+    folder = Path(template.data_dir)
+    parts: list[Path] = []
+    lengths: list[int] = []
+    writer, shard_size, num_bytes = None, 0, 0
+    try:
+        for _, example in examples:
+            record = serializer.serialize_example(features.encode_example(example))
+            if writer is None or shard_size >= shard_bytes:
+                if writer is not None:
+                    writer.close()
+                parts.append(folder / f".{template.dataset_name}-{split}.part{len(parts):05d}")
+                writer = array_record_module.ArrayRecordWriter(os.fspath(parts[-1]), "group_size:1")
+                lengths.append(0)
+                shard_size = 0
+            writer.write(record)
+            lengths[-1] += 1
+            shard_size += len(record)
+            num_bytes += len(record)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not lengths:
+        raise formats.RawFormatError(folder, f"the {split} split has no images")
+    for index, part in enumerate(parts):
+        part.rename(template.sharded_filepath(shard_index=index, num_shards=len(parts)))
+    return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=num_bytes,
+                               filename_template=template)
+
+
 def encoded_features(class_names: list[str]) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({
         "image": tfds.features.Tensor(shape=(), dtype=np.object_),
@@ -560,6 +605,7 @@ class EncodedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): "Encoded JPEG/PNG bytes, label, file name (no TensorFlow)."}
+    shard_bytes = SHARD_BYTES
 
     def __init__(self, *, skip_bad: bool = False, **kwargs):
         self.skip_bad = skip_bad
@@ -581,6 +627,15 @@ class EncodedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
     def _log_download_bytes(self) -> None:  # see CnnlabBuilder
         pass
+
+    # TFDS's own writer passes every record through its shuffler, which keeps up to 1 GB in memory and
+    # then spills to temporary files through tf.io.gfile: beyond 1 GB (ImageNet is 140 GB) it needs
+    # TensorFlow. With disable_shuffling the order is the generation order anyway, so these builders
+    # write each split straight to ArrayRecord shards, in order, holding one record at a time.
+    def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
+        return [write_split_in_order(split, examples, self.info.features,
+                                     self._get_filename_template(split_name=split), self.shard_bytes)
+                for split, examples in self._split_generators(dl_manager).items()]
 
     def _log_download_done(self) -> None:
         pass

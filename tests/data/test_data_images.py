@@ -1,7 +1,6 @@
 """imagenet2012 and image_folder: official layouts written to tmp dirs, prepared without TensorFlow."""
 
 import io
-import os
 import sys
 import tarfile
 
@@ -84,13 +83,22 @@ def _decode(payload):
         return image.format, image.mode, image.size
 
 
-def test_imagenet2012_prepares_official_layout_without_tensorflow(tmp_path, rng, fake_labels):
+def test_imagenet2012_prepares_official_layout_without_tensorflow(tmp_path, rng, fake_labels, monkeypatch):
+    from tensorflow_datasets.core import shuffle
+    # TFDS's shuffler spills past this many bytes through tf.io.gfile (TensorFlow): with a 0-byte budget
+    # any use of it fails here, as it would on the real 140 GB without TensorFlow.
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)
+    monkeypatch.setattr(builders.EncodedImageBuilder, "shard_bytes", 20_000)  # several shards
     train, validation = _imagenet_files(rng)
     _write_imagenet(tmp_path / "manual", train, validation)
     path = data.prepare("imagenet2012", data_dir=tmp_path / "dd", manual_dir=tmp_path / "manual")
     assert path == tmp_path / "dd" / "cnnlab_imagenet2012" / "1.0.0"
+    shards = sorted(p.name for p in path.glob("cnnlab_imagenet2012-train.array_record-*"))
+    assert len(shards) > 2 and shards[0].endswith(f"-00000-of-{len(shards):05d}")
+    assert not list(path.glob(".*"))  # no temporary shard names left
     records = _records("imagenet2012", "train", tmp_path / "dd")
     assert len(records) == 12
+    assert [r["file_name"].decode() for r in records] == [name for files in train.values() for name in files]
     by_name = {r["file_name"].decode(): r for r in records}
     for wnid, files in train.items():
         for name, payload in files.items():
