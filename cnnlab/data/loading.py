@@ -133,7 +133,9 @@ def names() -> list[str]:
 
 def _spec(name: str) -> builders.DatasetSpec:
     if name not in builders.SPECS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(names())}")
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(names())} (in memory), "
+                         f"imagenet2012 and image folders prepared with `python -m cnnlab.data prepare "
+                         f"image_folder --name=NAME --root=DIR` (streamed)")
     return builders.SPECS[name]
 
 

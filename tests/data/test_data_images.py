@@ -310,3 +310,23 @@ def test_image_folder_prepared_again_only_with_force(tmp_path, rng, capsys):
     (tmp_path / "flowers" / "tulip" / "img1.JPG").unlink()
     assert cli.main([*args, "--force"]) == 0
     assert data.info("flowers", data_dir=tmp_path / "dd").class_names == ["daisy", "more", "rose", "tulip"]
+
+
+def test_unknown_names_mention_the_streamed_datasets(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown dataset 'photos'; .*\(in memory\), imagenet2012 and image "
+                                         r"folders prepared with .*prepare image_folder"):
+        data.info("photos", data_dir=tmp_path)
+
+
+def test_leftovers_of_a_killed_image_folder_prepare_are_removed(tmp_path, rng, caplog):
+    _write_folder(tmp_path / "flowers", rng, per_class=2)
+    data_dir = tmp_path / "dd"
+    leftover = data_dir / ".cnnlab_folder_flowers_staging_abc" / "cnnlab_folder_flowers" / "incomplete.x_1.0.0"
+    leftover.mkdir(parents=True)
+    (leftover / "cnnlab_folder_flowers-train.array_record-00000-of-00001").write_bytes(b"half")
+    assert loading.image_folder_names(data_dir) == []  # never listed, never read
+    with caplog.at_level("INFO", logger="cnnlab.data"):
+        loading.prepare_image_folder("flowers", tmp_path / "flowers", test_fraction=0.5, data_dir=data_dir)
+    assert "Removed " + str(data_dir / ".cnnlab_folder_flowers_staging_abc") in caplog.text
+    assert sorted(p.name for p in data_dir.iterdir()) == [".cnnlab_folder_flowers.lock", "cnnlab_folder_flowers"]
+    assert loading.image_folder_names(data_dir) == ["flowers"]
