@@ -7,8 +7,9 @@
                           [--split_seed=S] [--skip_bad] [--force]
     python -m cnnlab.data bench NAME... [--repeats 3] [--json OUT]   # time prepare + load (fresh tmp dir)
 
-`prepare --all` prepares every dataset whose raw files are present and reports the others as skipped with
-their install instructions (exit status 0); naming a dataset whose raw files are missing exits 1, and so
+`prepare --all` prepares every dataset whose raw files are present (imagenet2012 too when its tars are in
+the manual dir, unless already prepared) and reports the others as skipped with their install
+instructions (exit status 0); naming a dataset whose raw files are missing exits 1, and so
 does any dataset whose raw files are present but unusable (e.g. 3 of the 4 IDX files), even with --all.
 Each prepare prints "Preparing NAME from FILES ..." and "Prepared NAME: SIZES in SECONDS s -> DIR".
 """
@@ -120,6 +121,15 @@ def prepare_datasets(names: list[str], prepare_all: bool, force: bool, data_dir,
         except (formats.RawFormatError, FileNotFoundError) as e:
             print(f"{row.name}: FAILED: {e}", file=sys.stderr)
             failed = True
+    if prepare_all:  # imagenet2012 too, when its tars are there (image folders need --root: not in --all)
+        for row in loading.image_status(data_dir=data_dir, manual_dir=manual_dir):
+            if row.name != "imagenet2012" or row.prepared or not (row.raw or row.raw_problem):
+                continue
+            try:
+                loading.prepare(row.name, data_dir=data_dir, manual_dir=manual_dir, force=force)
+            except (formats.RawFormatError, FileNotFoundError) as e:
+                print(f"{row.name}: FAILED: {e}", file=sys.stderr)
+                failed = True
     return 1 if failed else 0
 
 

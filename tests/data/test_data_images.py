@@ -330,3 +330,18 @@ def test_leftovers_of_a_killed_image_folder_prepare_are_removed(tmp_path, rng, c
     assert "Removed " + str(data_dir / ".cnnlab_folder_flowers_staging_abc") in caplog.text
     assert sorted(p.name for p in data_dir.iterdir()) == [".cnnlab_folder_flowers.lock", "cnnlab_folder_flowers"]
     assert loading.image_folder_names(data_dir) == ["flowers"]
+
+
+def test_prepare_all_includes_imagenet2012_when_its_tars_are_there(tmp_path, rng, fake_labels, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("CNNLAB_RAW_DIR", str(tmp_path / "raw"))  # --all: only digits and imagenet2012 here
+    monkeypatch.setattr(builders, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "none")
+    args = ["prepare", "--all", "--data_dir", str(tmp_path / "dd"), "--manual_dir", str(tmp_path / "manual")]
+    (tmp_path / "manual" / "imagenet2012").mkdir(parents=True)
+    (tmp_path / "manual" / "imagenet2012" / builders.IMAGENET_VAL_TAR).write_bytes(_tar_bytes({}))
+    assert cli.main(args) == 1  # one tar of two: unusable, reported, exit 1 (as for 3 of 4 IDX files)
+    assert "imagenet2012: FAILED: imagenet2012: missing" in capsys.readouterr().err
+    train, validation = _imagenet_files(rng)
+    _write_imagenet(tmp_path / "manual", train, validation)
+    assert cli.main(args) == 0
+    assert "Prepared imagenet2012: 12 train / 6 validation" in capsys.readouterr().out
