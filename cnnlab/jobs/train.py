@@ -97,7 +97,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         run = loop.setup(config)
         with loop.open_checkpoints(run, wd.file("checkpoints")) as checkpoints:
             state, resumed = loop.restore_latest(run, checkpoints)
-            previous = wd.read_results() if wd.is_chief and resumed.step == run.total_steps else None
+            # Every process reads it (the workdir is shared) so all return the record; process 0's decides.
+            previous = wd.read_results() if resumed.step == run.total_steps else None
             if _agreed(previous is not None):
                 if wd.is_chief:
                     print(f"Already finished at step {resumed.step}: test accuracy "

@@ -125,7 +125,7 @@ def train(out_path: str, workdir: str, config_json: str) -> None:
     results = train_and_evaluate(config, workdir)
     with open(out_path, "w") as f:  # recorded before this write: the hook stays on, the path is outside workdir
         json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
-                   "device_count": jax.device_count(), "results_test": results["test"], "fed": fed,
+                   "device_count": jax.device_count(), "results_test": results and results["test"], "fed": fed,
                    "written": sorted(written_paths)}, f)
 
 

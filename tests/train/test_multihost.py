@@ -170,6 +170,17 @@ def test_two_process_training_matches_one_process_writes_once_and_restores_on_on
             assert (state_dir / f"ocdbt.process_{index}" / "manifest.ocdbt").is_file()
         assert (state_dir / "commit_success.txt").is_file()
 
+    # A rerun of the finished run: process 0 decides (broadcast) that it is finished, both return its results, and
+    # nothing of the workdir is rewritten.
+    before = {n: (workdir / n).read_bytes() for n in ("config.json", "metrics.jsonl", "results.json")}
+    (tmp_path / "rerun").mkdir()
+    rerun = _run_workers(tmp_path / "rerun", "train", run_dir, str(config_json), timeout=240)
+    assert [out["results_test"] for out in rerun] == [multi["test"]] * NUM_PROCESSES
+    assert all(out["fed"] == [] for out in rerun)  # no training, no evaluation
+    assert {n: (workdir / n).read_bytes() for n in before} == before
+    for out in rerun:
+        assert not {os.path.join(run_dir, n) for n in before} & set(out["written"])
+
     # (4) The 2-process checkpoint restores in this 1-process run on 8 devices and evaluates the same.
     summary = evaluate_checkpoint(config, run_dir)
     saved_eval = {r["step"]: r for r in multi_records if "eval_accuracy" in r}
