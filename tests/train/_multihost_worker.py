@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
@@ -47,17 +49,14 @@ def batch_digest(batch: dict) -> str:
     return h.hexdigest()
 
 
-def global_test_images() -> "np.ndarray":
+def global_test_images() -> np.ndarray:
     """The collectives check's global batch: uint8 [16, 8, 8, 1], the same on every process."""
-    import numpy as np
-
     return np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
 
 
 def augmented_digest(images, mesh) -> str:
     """sha1 of the training preprocessing (pad to 28x28, random crop + flip with a fixed key) of a global batch."""
     import jax
-    import numpy as np
     from jax.experimental import multihost_utils
 
     from cnnlab import parallel
@@ -73,7 +72,6 @@ def augmented_digest(images, mesh) -> str:
 
 def collectives(out_path: str) -> None:
     import jax
-    import numpy as np
 
     from cnnlab import parallel
 
