@@ -115,11 +115,12 @@ class _LoadBatch:
 
 def _batches(source: RandomAccessSource, *, train: bool, global_batch_size: int, seed: int, epoch: int,
              image_size: int, process_index: int | None, process_count: int | None, worker_count: int,
-             start_batch: int, prefetch_batches: int) -> grain.DatasetIterator:
+             start_batch: int, prefetch_batches: int, read_threads: int) -> grain.DatasetIterator:
     if image_size <= 0:
         raise ValueError(f"image_size must be > 0, got {image_size}")
-    if worker_count < 0 or prefetch_batches < 0:
-        raise ValueError(f"worker_count and prefetch_batches must be >= 0, got {worker_count}, {prefetch_batches}")
+    if worker_count < 0 or prefetch_batches < 0 or read_threads < 1:
+        raise ValueError(f"need worker_count >= 0, prefetch_batches >= 0 and read_threads >= 1, got {worker_count}, "
+                         f"{prefetch_batches}, {read_threads}")
     process_index, process_count = _process(process_index, process_count)
     rows = epoch_rows(len(source), global_batch_size=global_batch_size, seed=seed, epoch=epoch, shuffle=train,
                       drop_remainder=train, process_index=process_index, process_count=process_count)
@@ -127,10 +128,12 @@ def _batches(source: RandomAccessSource, *, train: bool, global_batch_size: int,
         raise ValueError(f"start_batch {start_batch} outside [0, {len(rows)}] (batches in this epoch)")
     load = _LoadBatch(source=source, rows=rows, image_size=image_size, train=train, seed=seed, epoch=epoch)
     dataset = grain.MapDataset.range(start_batch, len(rows)).map(load)
-    # One reader thread per process: each element is a whole batch, and the workers give the parallelism. The
-    # buffer counts batches, so it is what bounds host memory (grain's default of 500 elements would not).
-    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch_batches else 0,
-                                                         prefetch_buffer_size=prefetch_batches))
+    # Each element is a whole batch; `read_threads` threads per process build batches concurrently (PIL decodes and
+    # resizes without the GIL, so threads scale too). The buffer counts batches, so it is what bounds host memory
+    # (grain's default of 500 elements would not).
+    buffer = max(prefetch_batches, read_threads) if prefetch_batches or read_threads > 1 else 0
+    dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads if buffer else 0,
+                                                         prefetch_buffer_size=buffer))
     if worker_count:
         if not flags.FLAGS.is_parsed():
             # grain's worker pool reads absl flags (its profiler switch); outside an absl app (tests, notebooks,
@@ -143,30 +146,37 @@ def _batches(source: RandomAccessSource, *, train: bool, global_batch_size: int,
 
 def train_batches(source: RandomAccessSource, *, global_batch_size: int, seed: int, epoch: int, image_size: int,
                   process_index: int | None = None, process_count: int | None = None, worker_count: int = 0,
-                  start_batch: int = 0, prefetch_batches: int = 2) -> grain.DatasetIterator:
+                  start_batch: int = 0, prefetch_batches: int = 2,
+                  read_threads: int = 1) -> grain.DatasetIterator:
     """This process's training batches of one epoch, from batch `start_batch` on.
 
     Yields {"image": uint8 [b, S, S, 3], "label": int32 [b], "mask": bool [b] (all True)} with
     b = global_batch_size // process_count and S = image_size: seeded shuffle (seed, epoch), the incomplete last
     global batch dropped, Inception random-resized crop + horizontal flip per example. worker_count: grain worker
-    processes decoding (0: decode in this process). process_index/process_count default to jax's. The returned
+    processes decoding (0: decode in this process). read_threads: batches built concurrently by threads in each
+    process (PIL releases the GIL while decoding and resizing). prefetch_batches: batches buffered ahead per
+    process (memory bound: about (prefetch_batches + 1) batches per process). process_index/process_count default
+    to jax's. The returned
     grain iterator also has get_state()/set_state() and close() (close it to stop the workers early).
     """
     return _batches(source, train=True, global_batch_size=global_batch_size, seed=seed, epoch=epoch,
                     image_size=image_size, process_index=process_index, process_count=process_count,
-                    worker_count=worker_count, start_batch=start_batch, prefetch_batches=prefetch_batches)
+                    worker_count=worker_count, start_batch=start_batch, prefetch_batches=prefetch_batches,
+                    read_threads=read_threads)
 
 
 def eval_batches(source: RandomAccessSource, *, global_batch_size: int, image_size: int,
                  process_index: int | None = None, process_count: int | None = None, worker_count: int = 0,
-                 start_batch: int = 0, prefetch_batches: int = 2) -> grain.DatasetIterator:
+                 start_batch: int = 0, prefetch_batches: int = 2,
+                  read_threads: int = 1) -> grain.DatasetIterator:
     """This process's evaluation batches, in source order: resize the shorter side to S * 256 / 224, centre crop
     S x S. The last global batch is padded with zero images, label 0 and mask False, so summing per-example
     metrics under the mask over all processes counts every example exactly once. Same layout as train_batches.
     """
     return _batches(source, train=False, global_batch_size=global_batch_size, seed=0, epoch=0,
                     image_size=image_size, process_index=process_index, process_count=process_count,
-                    worker_count=worker_count, start_batch=start_batch, prefetch_batches=prefetch_batches)
+                    worker_count=worker_count, start_batch=start_batch, prefetch_batches=prefetch_batches,
+                    read_threads=read_threads)
 
 
 def num_train_batches(source: RandomAccessSource | int, global_batch_size: int) -> int:

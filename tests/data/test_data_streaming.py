@@ -232,6 +232,19 @@ def test_worker_processes_give_the_same_batches_and_state():
         np.testing.assert_array_equal(one["label"], two["label"])
 
 
+def test_reader_threads_give_the_same_batches_in_order():
+    source = _source(40)
+    kwargs = dict(global_batch_size=4, seed=3, epoch=2, image_size=8, process_index=0, process_count=1)
+    one = _collect(streaming.train_batches(source, prefetch_batches=0, **kwargs))
+    three = _collect(streaming.train_batches(source, read_threads=3, **kwargs))
+    assert len(one) == len(three) == 10
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    with pytest.raises(ValueError, match="read_threads"):
+        streaming.train_batches(source, read_threads=0, **kwargs)
+
+
 def test_eval_batches_count_every_example_once_in_order():
     source = _source(23)
     batches = [_collect(streaming.eval_batches(source, global_batch_size=8, image_size=12, process_index=p,
