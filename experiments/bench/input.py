@@ -1,6 +1,6 @@
 """Training input pipeline throughput on the host: cnnlab's streaming pipeline vs a torchvision-style PyTorch loader.
 
-    python -m experiments.bench.input [--workers=0,2] [--files=1024] [--batch=32] [--rounds=3]
+    python -m experiments.bench.input [--workers=0,2] [--files=2048] [--batch=32] [--rounds=3]
 
 Both sides do the work of one ImageNet training step's input, per image: read the encoded file, decode the JPEG,
 Inception random-resized crop (area 8-100%, aspect 3/4-4/3) resized to 224 x 224 (bilinear), random horizontal
@@ -22,9 +22,9 @@ Data: there is no ImageNet here. The stand-in is `--files` JPEGs of ImageNet's t
 375 x 500) at quality 90, cut at random places from the real photographs scikit-image bundles (astronaut, chelsea,
 coffee, hubble_deep_field, ihc, motorcycle, retina, rocket), upscaled first where a photo is smaller than the window.
 
-Timing: each measurement runs one epoch over the files and times from the arrival of batch 2 * workers (at least
-1) to the last batch (steady state; the time to those first batches is reported as `startup_s`: grain spawns
-fresh interpreters that import cnnlab, torch forks). Variants are interleaved, `--rounds` times each; the best round counts (the machine may be shared).
+Timing: each measurement runs one epoch over the files and times from the arrival of the first batch (no workers)
+or of the first quarter of the epoch's batches (with workers) to the last batch: steady state. The time to those
+first batches is reported as `startup_s` (grain spawns fresh interpreters that import cnnlab, torch forks). Variants are interleaved, `--rounds` times each; the best round counts (the machine may be shared).
 images/s per core = images/s / max(1, workers). Output: JSON in --out (default
 experiments/bench/results/input_cpu.json).
 """
@@ -146,8 +146,7 @@ def time_epoch(batches, *, skip: int) -> tuple[float, int, float, float]:
     """(startup seconds to the first `skip` batches, images after them, wall seconds from there to the last batch,
     CPU seconds this process (all its threads) spent over the same stretch).
 
-    skip = 2 * workers (at least 1): every worker has delivered a batch before the clock starts, so a worker
-    still starting up does not count as throughput. With 0 workers all the work is in this process, so images /
+    See `_skip` for how many batches are left out. With 0 workers all the work is in this process, so images /
     CPU seconds is the images/s of one fully used core whatever else the machine runs.
     """
     start = time.perf_counter()
@@ -162,6 +161,14 @@ def time_epoch(batches, *, skip: int) -> tuple[float, int, float, float]:
     return first - start, images, end - first, end_cpu - first_cpu
 
 
+def _skip(workers: int, num_batches: int) -> int:
+    """Batches left out of the timing: 1 without workers; with workers, a quarter of the epoch (at least 2 per
+    worker). Worker processes start one after the other (grain spawns interpreters that import cnnlab, ~1-3 s
+    each here; torch forks), and batches are consumed in order, so the first batches wait for the last worker to
+    start while the others sit on full buffers: that start-up is reported as startup_s, not as throughput."""
+    return 1 if workers == 0 else max(2 * workers, num_batches // 4)
+
+
 def run_cnnlab(paths, *, workers: int, batch: int, epoch: int, threads: bool = False):
     """One epoch of cnnlab's pipeline with `workers` grain worker processes, or (threads=True) with `workers`
     reader threads in this process instead."""
@@ -172,7 +179,7 @@ def run_cnnlab(paths, *, workers: int, batch: int, epoch: int, threads: bool = F
                                        worker_count=0 if threads else workers,
                                        read_threads=max(1, workers) if threads else 1)
     try:
-        return time_epoch(iterator, skip=max(1, 2 * workers))
+        return time_epoch(iterator, skip=_skip(workers, len(paths) // batch))
     finally:
         iterator.close()
 
@@ -203,7 +210,7 @@ def _cpu() -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", default="0,2", help="comma-separated worker process counts")
-    parser.add_argument("--files", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "input_cpu.json"))
@@ -234,7 +241,7 @@ def main(argv=None) -> dict:
                 if workers > 1:
                     runs["cnnlab_threads"].append(run_cnnlab(paths, workers=workers, batch=args.batch,
                                                              epoch=round_index, threads=True))
-                runs["torch"].append(time_epoch(loader, skip=max(1, 2 * workers)))
+                runs["torch"].append(time_epoch(loader, skip=_skip(workers, len(paths) // args.batch)))
             cores = max(1, workers)
             entry = {"workers": workers, "cores": cores}
             for name, measured in runs.items():
