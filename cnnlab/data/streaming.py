@@ -22,7 +22,7 @@ order of one epoch (8 bytes per example); never by the dataset's size.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grain

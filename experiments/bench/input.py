@@ -28,15 +28,16 @@ coffee, hubble_deep_field, ihc, motorcycle, retina, rocket), upscaled first wher
 
 Timing: each measurement runs one epoch over the files and times from the arrival of the first batch (no workers)
 or of the first quarter of the epoch's batches (with workers) to the last batch: steady state. The time to those
-first batches is reported as `startup_s` (grain spawns fresh interpreters that import cnnlab, torch forks). Variants are interleaved, `--rounds` times each; the best round counts (the machine may be shared).
-images/s per core = images/s / max(1, workers). Output: JSON in --out (default
+first batches is reported as `startup_s` (grain spawns fresh interpreters that import cnnlab, torch forks).
+Variants are interleaved, `--rounds` times each; the best round counts (the machine may be shared).
+images/s per core = images/s / max(1, workers); with 0 workers also images per CPU second of this process
+(`images_per_cpu_s`, independent of other load), which the ResNet-50 core count uses. Output: JSON in --out (default
 experiments/bench/results/input_cpu.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -231,7 +232,8 @@ def main(argv=None) -> dict:
                        "re-implemented as torchvision does for PIL images; torchvision not installed) + "
                        "torch.utils.data.DataLoader",
                "cpu": _cpu(), "python": platform.python_version(), "pillow": PIL.__version__,
-               "torch": torch.__version__, "load_average_at_start": os.getloadavg(), "batch": args.batch, "rounds": args.rounds, "variants": []}
+               "torch": torch.__version__, "load_average_at_start": os.getloadavg(), "batch": args.batch,
+               "rounds": args.rounds, "variants": []}
     with tempfile.TemporaryDirectory() as directory:
         paths = write_stand_in_jpegs(directory, args.files)
         results["mean_file_bytes"] = int(np.mean([os.path.getsize(p) for p in paths]))
