@@ -17,7 +17,6 @@ from _train_helpers import (REFERENCE_STEPS, ROOT, committed_steps, main_command
 from cnnlab.jobs import evaluate_checkpoint, train_and_evaluate
 from cnnlab.train import ResumeMismatch, TrainingInterrupted
 from cnnlab.train import checkpoint as checkpoint_lib
-from cnnlab.train import loop
 
 FINAL_KEYS = (("test", "accuracy"), ("test", "loss"), ("test", "top5_accuracy"), ("details", "eval_confusion"),
               ("details", "eval_per_class_accuracy"), ("details", "steps"))
