@@ -613,11 +613,13 @@ class EncodedImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         self.sums = images.PixelSums()
         super().__init__(**kwargs)
 
+    # Hooks every concrete encoded-image builder defines (ImageNet from its label list, an image folder from its
+    # class folders); this base class is never instantiated on its own.
     def class_names(self) -> list[str]:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define class_names(): the class names in label order.")
 
     def description(self) -> str:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define description(): one line saying what the data is.")
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _LocalDatasetInfo(builder=self, description=self.description(),
