@@ -58,6 +58,7 @@ def _results(run: loop.Run, outcome: loop.TrainOutcome, wall_s: float) -> dict:
         test_loss=final["eval_loss"], train_s=outcome.train_s, compile_s=outcome.compile_s,
         inference_s_per_1000=outcome.inference_s_per_1000, wall_s=wall_s, model_name=config.model,
         num_params=models.count_params(state.params), model_bytes=_tree_bytes((state.params, state.batch_stats)),
+        params_sha256=workdir_lib.tree_sha256({"params": state.params, "batch_stats": state.batch_stats}),
         details={"train_split": config.get("train_split", "train"), "eval_split": config.get("eval_split", "test"),
                  "steps": outcome.steps, "epochs": outcome.epochs, "eval_s": outcome.eval_s,
                  "train_images_per_s": outcome.steps * config.batch_size / max(outcome.train_s, 1e-9),

@@ -14,7 +14,8 @@ directly, with no guessing:
      "test":    {"accuracy": float, "count": int, "top5_accuracy": float | None, "loss": float | None},
      "timing":  {"train_s": float, "compile_s": float | None, "inference_s_per_1000": float | None,
                  "wall_s": float | None},
-     "model":   {"name": str, "num_params": int | None, "bytes": int | None},
+     "model":   {"name": str, "num_params": int | None, "bytes": int | None,
+                 "params_sha256": str | None (trained models: tree_sha256 of the final parameters and BN statistics)},
      "chosen":  {...},  "chosen_text": str,                                  # what model selection picked
      "machine": {"cpu_model", "usable_cores", "logical_cores", "memory_gib", "jax_backend", "jax_devices",
                  "process_count"},
@@ -36,6 +37,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -189,7 +191,7 @@ def results_record(*, kind: str, dataset: str, train_count: int, test_count: int
                    test_loss: float | None = None, compile_s: float | None = None,
                    inference_s_per_1000: float | None = None, wall_s: float | None = None,
                    model_name: str = "", num_params: int | None = None, model_bytes: int | None = None,
-                   chosen: Mapping | None = None, chosen_text: str = "", details: Mapping | None = None,
+                   params_sha256: str | None = None, chosen: Mapping | None = None, chosen_text: str = "", details: Mapping | None = None,
                    machine: Mapping | None = None) -> dict:
     """A results.json record of schema ``SCHEMA_VERSION``, checked field by field (see the module docstring)."""
     if kind not in KINDS:
@@ -214,7 +216,8 @@ def results_record(*, kind: str, dataset: str, train_count: int, test_count: int
                    "wall_s": _number(wall_s, "timing.wall_s", optional=True)},
         "model": {"name": str(model_name), "num_params": _number(num_params, "model.num_params", integer=True,
                                                                  optional=True),
-                  "bytes": _number(model_bytes, "model.bytes", integer=True, optional=True)},
+                  "bytes": _number(model_bytes, "model.bytes", integer=True, optional=True),
+                  "params_sha256": params_sha256},
         "chosen": to_jsonable(dict(chosen or {})),
         "chosen_text": str(chosen_text),
         "machine": dict(machine) if machine is not None else machine_info(),
@@ -222,6 +225,23 @@ def results_record(*, kind: str, dataset: str, train_count: int, test_count: int
         "details": to_jsonable(dict(details or {})),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def tree_sha256(tree) -> str:
+    """SHA-256 of a pytree of arrays: every leaf's path, dtype, shape and bytes, in path order.
+
+    Equal hashes mean bit-identical parameters (the determinism contract's check); one changed bit changes it.
+    """
+    import jax  # the job drivers have it loaded; this module's other helpers do not need it
+    import numpy
+
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = numpy.ascontiguousarray(numpy.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 _REQUIRED = {"schema_version": int, "kind": str, "dataset": str, "splits": dict, "test": dict, "timing": dict,

@@ -45,6 +45,7 @@ from cnnlab import data, models, parallel
 from cnnlab.data import pipeline
 from cnnlab.report import run_report
 from cnnlab.train import checkpoint as checkpoint_lib
+from cnnlab.train import pretrained
 from cnnlab.train import state as state_lib
 from cnnlab.train import steps as steps_lib
 
@@ -232,6 +233,8 @@ def setup(config) -> Run:
     tx = state_lib.make_optimizer(config, schedule)
     state, shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), input_shape=image_shape,
                                                     mesh=mesh)
+    if config.get("init_from"):
+        state = pretrained.initialize_from(config, state, model=model, mesh=mesh, shardings=shardings)
     meta = {"model": config.model, "dataset": config.dataset, "num_classes": int(info.num_classes),
             "image_shape": list(image_shape), "model_overrides": json.loads(json.dumps(overrides, default=str)),
             "config": json.loads(json.dumps(run_fingerprint(config), default=str)), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}

@@ -26,7 +26,7 @@ def test_results_record_has_every_schema_field_and_round_trips(tmp_path):
     assert record["splits"] == {"train": 1438, "validation": 100, "test": 359}
     assert record["test"] == {"accuracy": 0.97, "count": 359, "top5_accuracy": None, "loss": None}
     assert record["timing"] == {"train_s": 3.5, "compile_s": 1.5, "inference_s_per_1000": 0.2, "wall_s": None}
-    assert record["model"] == {"name": "", "num_params": 61706, "bytes": 246824}
+    assert record["model"] == {"name": "", "num_params": 61706, "bytes": 246824, "params_sha256": None}
     assert set(record["software"]) >= {"python", "jax", "flax", "numpy"}
     wd = Workdir(tmp_path / "run")
     path = wd.write_results(record)
@@ -133,3 +133,15 @@ def test_describe_machine_is_one_line():
                                          "usable_cores": 2, "memory_gib": 23.4, "jax_backend": "cpu",
                                          "jax_devices": "8 x cpu", "process_count": 1})
     assert text == "AMD EPYC 7B13 [avx2 fma] (2 cores, 23.4 GiB), jax cpu: 8 x cpu"
+
+
+def test_tree_sha256_sees_one_bit_and_ignores_key_order():
+    import numpy as np
+
+    tree = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": {"k": np.ones(4, np.float32)}}
+    same = {"a": {"k": np.ones(4, np.float32)}, "b": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert workdir_lib.tree_sha256(tree) == workdir_lib.tree_sha256(same)
+    flipped = {"a": {"k": np.ones(4, np.float32)}, "b": tree["b"].copy()}
+    flipped["b"].view(np.uint32)[0, 0] ^= 1  # one bit of one float
+    assert workdir_lib.tree_sha256(flipped) != workdir_lib.tree_sha256(tree)
+    assert workdir_lib.tree_sha256({"a": tree["b"].reshape(3, 2)}) != workdir_lib.tree_sha256({"a": tree["b"]})
