@@ -5,7 +5,8 @@
 A config file defines ``get_config(arg=None)`` returning an ``ml_collections.ConfigDict``; ``:ARG`` is passed as
 ``arg`` (``experiments.configs.common.parse_arg`` reads it). An override names an existing field (dotted for
 nested fields) and gives a Python literal or a bare string; it is converted to the field's type. New keys are
-allowed only under ``model_overrides`` (constructor arguments, checked by ``cnnlab.models.get``). Every mistake
+allowed only under ``model_overrides`` (constructor arguments, checked by ``cnnlab.models.get``). Every config
+gets the ``UNIVERSAL_FIELDS`` (``seeds``, ``deterministic``) if its file does not set them. Every mistake
 raises ``ConfigError`` with one line: what was wrong, and the closest known names.
 """
 
@@ -21,6 +22,10 @@ import ml_collections
 
 # Dicts whose keys the user may add from the command line (their values are checked by whoever reads them).
 OPEN_FIELDS = ("model_overrides",)
+# Fields every experiment has, whatever its kind (added with these defaults when its config file lacks them):
+# --config.seeds=N runs any experiment over N seeds (cnnlab.jobs.seeds); --config.deterministic=true asks XLA for
+# deterministic GPU kernels (docs/seeds.md).
+UNIVERSAL_FIELDS = {"seeds": 1, "deterministic": False}
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 
 
@@ -47,6 +52,10 @@ def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
         config = module.get_config(arg) if arg else module.get_config()
     except ValueError as e:  # the config's own check of its argument
         raise ConfigError(str(e)) from None
+    for name, default in UNIVERSAL_FIELDS.items():
+        if name not in config:
+            with config.unlocked():
+                config[name] = default
     for override in overrides:
         apply_override(config, override)
     return config

@@ -46,6 +46,8 @@ def run(config_spec: str, workdir: str, overrides: list[str], mode: str = "train
     config = load_config(config_spec, overrides)
     from cnnlab import jobs  # after the config: a typo in it should not wait for jax to import
 
+    jobs.apply_deterministic(config)  # XLA_FLAGS are read when jax starts its backend: before any computation
+
     kind = config.get("kind", "train")
     if mode == "eval":
         if kind != "train":

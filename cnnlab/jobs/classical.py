@@ -10,7 +10,8 @@ reports the accuracy of what was chosen. Also KMeans on each of ``cluster_featur
 texture table.
 
 Writes into the workdir: config.json, results.json (``cnnlab.jobs.workdir``'s schema; ``details`` holds every
-pipeline row, the clustering scores, the texture table and the figure names), results.md, and the figures
+pipeline row, the clustering scores, the texture table and the figure names), predictions.npy and
+test_labels.npy (the chosen pipeline's int32 prediction and the true class of each test image), results.md, and the figures
 descriptors.png, pipelines.png, confusion.png, textures.png. Ends by printing the headline and where the
 results and report are.
 """
@@ -55,7 +56,9 @@ def run(config, workdir: str) -> dict:
         train = data.load(config.dataset, "train", **load_kwargs)
         test = data.load(config.dataset, "test", **load_kwargs)
         x_train, y_train = _subset(train.images, train.labels, config.train_size, config.seed)
-        x_test, y_test = _subset(test.images, test.labels, config.test_size, config.seed + 1)
+        # A seeds run fixes the test subset for all its seeds (config.test_subset_seed): same images, paired stats.
+        x_test, y_test = _subset(test.images, test.labels, config.test_size,
+                                 config.get("test_subset_seed", config.seed + 1))
         families = [f for f in config.feature_sets if f in descriptors.FAMILIES]
 
         # Compile describe for both batch shapes before timing (the first call per shape traces and compiles).
@@ -133,6 +136,7 @@ def run(config, workdir: str) -> dict:
                      "descriptor_names": names, "descriptor_s_per_1000_images": descriptor_s,
                      "connectivity": config.connectivity, "test_confusion": matrix, "plots": dict(FIGURES)})
         results_path = wd.write_results(results)
+        wd.write_predictions(predictions, y_test)
         report = wd.write_text("results.md", classical_report.classical_markdown(
             results, FIGURES, workdir_lib.describe_machine(results["machine"])))
         print(_headline(results), flush=True)

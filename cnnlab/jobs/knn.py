@@ -9,7 +9,8 @@
      times, which on 2 CPU cores is the costly part);
   3. places the FULL training split on the devices once (``knn.Index``) and classifies the test split
      (``config.test_size`` images, 0 = all) in query batches of ``config.query_batch``;
-  4. writes config.json, results.json (``cnnlab.jobs.workdir`` schema), results.md and the pictures:
+  4. writes config.json, results.json (``cnnlab.jobs.workdir`` schema), predictions.npy and test_labels.npy
+     (int32 per test image), results.md and the pictures:
      neighbours.png (nearest training images of a few test images), regions.png (the decision regions of the
      run's own data, projected to 2-D by PCA, with the run's k, metric and tie rule), cv_accuracy.png, and
      regions_toy.png (the lecture's illustration on toy 2-D data).
@@ -96,7 +97,8 @@ def run(config, workdir: str) -> dict:
         train = data.load(config.dataset, "train", data_dir=config.get("data_dir"))
         test = data.load(config.dataset, "test", data_dir=config.get("data_dir"))
         train_x, train_y = train.images, train.labels
-        test_idx = subsample(len(test.images), config.test_size, config.seed + 1)
+        # A seeds run fixes the test subset for all its seeds (config.test_subset_seed): same images, paired stats.
+        test_idx = subsample(len(test.images), config.test_size, config.get("test_subset_seed", config.seed + 1))
         test_x, test_y = test.images[test_idx], test.labels[test_idx]
         budget = int(config.memory_budget_bytes)
 
@@ -155,6 +157,7 @@ def run(config, workdir: str) -> dict:
                      "cross_validation": cv.to_dict(),
                      "plots": {caption: path.rsplit("/", 1)[-1] for caption, path in plots.items()}})
         wd.write_results(results)
+        wd.write_predictions(predictions, test_y)
         report = wd.write_text("results.md", _results_markdown(results, cv))
         print(f"kNN on {config.dataset}: k={cv.best_k}, {cv.best_metric.upper()} (CV {cv.best_accuracy:.4f}), test "
               f"accuracy {test_accuracy:.4f}", flush=True)

@@ -21,7 +21,23 @@ directly, with no guessing:
                  "process_count"},
      "software": {"python", "jax", "jaxlib", "flax", "optax", "numpy", "sklearn", "cnnlab"},
      "details": {...},                                                       # kind-specific extras
-     "finished_at": "2026-12-01T15:04:05Z"}
+     "finished_at": "2026-12-01T15:04:05Z",
+     "seeds": {...}}                                     # optional: only in the aggregate record of a seeds run
+
+A run over several seeds (``config.seeds`` = N > 1, ``cnnlab.jobs.seeds``) writes one ordinary record per seed in
+``seed_<n>/results.json`` and, in the workdir itself, an aggregate record of the same schema (same ``kind``;
+``test`` holds the mean over seeds, ``model.params_sha256`` is None) with one extra, optional section:
+
+    "seeds": {"n": int, "values": [int, ...],               # the seeds, config.seed + 0..N-1, in workdir order
+              "workdirs": ["seed_0", ...],                  # relative to the workdir
+              "stacked": bool,                              # trained in one vmapped program (train jobs only)
+              "metrics": {name: {"n", "mean", "std", "min", "max", "ci_low", "ci_high", "confidence",
+                                 "deterministic"}},        # cnnlab.report.stats.Summary of each metric
+              "per_seed": {name: [float | None, ...]},      # the values the summaries come from, seed by seed
+              "accuracy_bootstrap": {"low", "high", "confidence", "resamples"} | None,   # from predictions.npy
+              "params_sha256": [str | None, ...]}           # each seed's final parameters
+
+The section is optional, so records without it (every single run) keep ``schema_version`` 1.
 
 ``train_s`` is the time spent training (for kNN: storing the data plus choosing k and the metric; for the
 classical pipeline: computing the training descriptors plus fitting the chosen classifier), without
@@ -53,6 +69,8 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
+PREDICTIONS_FILE = "predictions.npy"   # int32 [test images]: the final model's predicted class of each test image
+TEST_LABELS_FILE = "test_labels.npy"   # int32 [test images]: their true classes, same order
 KINDS = ("train", "knn", "classical", "compare")
 
 _SOFTWARE = {"jax": "jax", "jaxlib": "jaxlib", "flax": "flax", "optax": "optax", "numpy": "numpy",
@@ -191,15 +209,16 @@ def results_record(*, kind: str, dataset: str, train_count: int, test_count: int
                    test_loss: float | None = None, compile_s: float | None = None,
                    inference_s_per_1000: float | None = None, wall_s: float | None = None,
                    model_name: str = "", num_params: int | None = None, model_bytes: int | None = None,
-                   params_sha256: str | None = None, chosen: Mapping | None = None, chosen_text: str = "", details: Mapping | None = None,
-                   machine: Mapping | None = None) -> dict:
+                   params_sha256: str | None = None, chosen: Mapping | None = None, chosen_text: str = "",
+                   details: Mapping | None = None, machine: Mapping | None = None,
+                   seeds: Mapping | None = None) -> dict:
     """A results.json record of schema ``SCHEMA_VERSION``, checked field by field (see the module docstring)."""
     if kind not in KINDS:
         raise ValueError(f"Unknown job kind {kind!r}; known kinds: {list(KINDS)}.")
     accuracy = _number(test_accuracy, "test.accuracy")
     if not 0.0 <= accuracy <= 1.0:
         raise ValueError(f"results field test.accuracy must be a fraction in [0, 1], got {accuracy!r}.")
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
         "dataset": str(dataset),
@@ -225,6 +244,30 @@ def results_record(*, kind: str, dataset: str, train_count: int, test_count: int
         "details": to_jsonable(dict(details or {})),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if seeds is not None:
+        record["seeds"] = to_jsonable(dict(seeds))
+        _check_seeds_section(record["seeds"], "results")
+    return record
+
+
+def _check_seeds_section(section, source: str) -> None:
+    """The optional ``seeds`` section of an aggregate record (see the module docstring)."""
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{source}: field 'seeds' must be an object, got {section!r}.")
+    n = _number(section.get("n"), f"{source}: seeds.n", integer=True)
+    values = section.get("values")
+    if n < 1 or not isinstance(values, list) or len(values) != n or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{source}: seeds.values must list the {n} integer seeds, got {values!r}.")
+    for name in ("workdirs", "params_sha256"):
+        if not isinstance(section.get(name), list) or len(section[name]) != n:
+            raise ValueError(f"{source}: seeds.{name} must be a list of {n} entries, got {section.get(name)!r}.")
+    metrics = section.get("metrics")
+    if not isinstance(metrics, Mapping) or not isinstance(metrics.get("test_accuracy"), Mapping):
+        raise ValueError(f"{source}: seeds.metrics must hold at least the test_accuracy summary.")
+    for name, summary in metrics.items():
+        for field in ("mean", "std", "min", "max"):
+            _number(summary.get(field) if isinstance(summary, Mapping) else None, f"{source}: seeds.metrics.{name}.{field}")
 
 
 def tree_sha256(tree) -> str:
@@ -263,6 +306,8 @@ def check_results(results: Mapping, source: str = "results") -> dict:
     for section, fields in (("splits", ("train", "test")), ("test", ("accuracy", "count")), ("timing", ("train_s",))):
         for name in fields:
             _number(results[section].get(name), f"{source}: {section}.{name}")
+    if "seeds" in results:
+        _check_seeds_section(results["seeds"], source)
     return dict(results)
 
 
@@ -418,6 +463,35 @@ class Workdir:
         """The checked results.json, or None when the job has not finished here."""
         path = self.file(RESULTS_FILE)
         return check_results(read_json(path), path) if os.path.isfile(path) else None
+
+    def write_predictions(self, predictions, labels) -> str:
+        """Writes predictions.npy and test_labels.npy (int32 [N] each, the same test images in the same order):
+        what the paired statistics (McNemar, bootstrap intervals) need. Returns the predictions' path."""
+        import numpy
+
+        predictions, labels = numpy.asarray(predictions), numpy.asarray(labels)
+        if predictions.shape != labels.shape or predictions.ndim != 1:
+            raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must be 1-D and of one "
+                             "length (one entry per test image).")
+        if self.is_chief:
+            for name, array in ((PREDICTIONS_FILE, predictions), (TEST_LABELS_FILE, labels)):
+                tmp = self.file(f"{name}.tmp{os.getpid()}.npy")
+                numpy.save(tmp, array.astype(numpy.int32))
+                os.replace(tmp, self.file(name))
+        return self.file(PREDICTIONS_FILE)
+
+    def read_predictions(self):
+        """(predictions, labels), int32 [N] each, or None when the job wrote none here."""
+        import numpy
+
+        paths = [self.file(PREDICTIONS_FILE), self.file(TEST_LABELS_FILE)]
+        if not all(os.path.isfile(p) for p in paths):
+            return None
+        predictions, labels = (numpy.load(p, allow_pickle=False) for p in paths)
+        if predictions.shape != labels.shape or predictions.ndim != 1:
+            raise ValueError(f"{paths[0]} and {paths[1]} do not pair up (shapes {predictions.shape} and "
+                             f"{labels.shape}); rerun the job in a new workdir.")
+        return predictions, labels
 
     def write_text(self, name: str, text: str) -> str:
         path = self.file(name)

@@ -195,3 +195,59 @@ def plot_comparison(methods: Sequence[Mapping], out_png: str | os.PathLike, *, t
     out_png = check_png_path(out_png)
     comparison_figure(methods, title=title).savefig(out_png)
     return out_png
+
+
+def accuracy_error_bars_figure(methods: Sequence[Mapping], *, title: str | None = None) -> Figure:
+    """The figure of ``plot_accuracy_error_bars``, not yet saved."""
+    import numpy as np
+
+    from cnnlab.report import stats
+
+    if isinstance(methods, Mapping) or not methods:
+        raise ValueError("methods must be a non-empty list of {'method': name, 'accuracies': [per-seed values]}.")
+    rows = []
+    for row in methods:
+        values = np.asarray(row.get("accuracies", ()), dtype=np.float64)
+        if "method" not in row or values.ndim != 1 or values.size == 0:
+            raise ValueError(f"Each method needs a name and a non-empty list 'accuracies', got {dict(row)!r}.")
+        if not ((values >= 0) & (values <= 1)).all():
+            raise ValueError(f"{row['method']}: accuracies must be fractions in [0, 1], got {values.tolist()}.")
+        rows.append((str(row["method"]), 100 * values, stats.summarize(values)))
+    fig = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2.0), 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for position, (name, values, summary) in enumerate(rows):
+        # The seeds' own values, spread sideways a little so equal values stay visible as several dots.
+        offsets = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
+        ax.scatter(position + offsets, values, s=14, color="tab:gray", alpha=0.7, zorder=2,
+                   label="one seed" if position == 0 else None)
+        mean = 100 * summary.mean
+        if summary.ci_low is not None and not summary.deterministic:
+            ax.errorbar(position + 0.3, mean, yerr=[[mean - 100 * summary.ci_low], [100 * summary.ci_high - mean]],
+                        fmt="o", color="tab:blue", capsize=4, zorder=3,
+                        label=f"mean, {round(100 * summary.confidence)}% CI (t)" if position == 0 else None)
+            ax.errorbar(position + 0.3, mean, yerr=100 * summary.std, fmt="none", color="tab:blue", alpha=0.35,
+                        linewidth=6, zorder=2, label="+/- 1 std" if position == 0 else None)
+        else:
+            ax.plot(position + 0.3, mean, "o", color="tab:blue", zorder=3)
+        note = "no spread (deterministic)" if summary.deterministic else f"{mean:.2f} +/- {100 * summary.std:.2f}"
+        ax.annotate(f"{note}\nn={summary.n}", (position + 0.3, mean), xytext=(8, 0), textcoords="offset points",
+                    fontsize=7.5, va="center")
+    ax.set_xticks(range(len(rows)), [name for name, _, _ in rows])
+    ax.set_xlim(-0.6, len(rows) - 0.1 + 0.6)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "test accuracy over seeds")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_accuracy_error_bars(methods: Sequence[Mapping], out_png: str | os.PathLike, *,
+                             title: str | None = None) -> str:
+    """Test accuracy per method over seeds: each seed's value as a dot, the mean with its 95% Student-t interval
+    (error bar) and +/- 1 standard deviation (a wide faint bar); a method whose seeds all agree is marked "no
+    spread (deterministic)". ``methods``: [{"method": name, "accuracies": [fractions, one per seed]}, ...].
+    Returns the PNG's path."""
+    out_png = check_png_path(out_png)
+    accuracy_error_bars_figure(methods, title=title).savefig(out_png)
+    return out_png

@@ -51,6 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.final_lr_fraction = 0.0              # cosine: final lr / peak lr
     c.onecycle_pct_start = 0.3
     c.seed = 0
+    # Seeds and determinism (docs/seeds.md).
+    c.seeds = 1                            # N > 1: run seeds seed, seed+1, ..., seed+N-1 into workdir/seed_<n>/ and
+                                           # aggregate (mean, std, CI) in workdir/results.json and report.md
+    c.seeds_stacked = False                # N > 1: train the N seeds in one vmapped program (cnnlab.train.stacked)
+    c.deterministic = False                # GPU: XLA's deterministic ops (slower); CPU runs are deterministic anyway
     # Loop, checkpoints, logging.
     c.steps_per_dispatch = 1               # optimizer steps per jitted call; k > 1 scans over k batches (unrolled
                                            # on CPU): fewer dispatches, one more compile per distinct k
@@ -96,6 +101,9 @@ def parse_arg(arg, *, flags: tuple[str, ...] = ("runlocal",), choices: tuple[str
             seen.add(word)
         elif not eq and word in choices and choice is None:
             choice = word
+        elif key == "seeds":
+            raise ValueError(f"{config}: the number of seeds is a config field, not a config argument: write "
+                             f"--config.seeds={value or 'N'} (one syntax for every experiment).")
         else:
             close = difflib.get_close_matches(key if eq else word, [k.split("=")[0] for k in known], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
