@@ -19,6 +19,8 @@ import numpy as np
 
 from cnnlab.models import alexnet, common, densenet, googlenet, resnet, vgg
 from cnnlab.models.lenet import LeNet5
+from cnnlab.models.torch_weights import (TORCHVISION_MODELS, from_torch, load_variables, save_variables,
+                                         to_torch)
 
 # name -> constructor (a Module class or a functools.partial of one); get() adds num_classes and overrides.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -199,4 +201,5 @@ def summary(name: str, input_shape: tuple[int, ...], *, num_classes: int, depth:
     return "\n".join(lines)
 
 
-__all__ = ["names", "get", "first_conv_kernel", "count_params", "min_input_size", "summary", "SMALL_IMAGE_MODELS"]
+__all__ = ["names", "get", "first_conv_kernel", "count_params", "min_input_size", "summary", "SMALL_IMAGE_MODELS",
+           "from_torch", "to_torch", "save_variables", "load_variables", "TORCHVISION_MODELS"]
