@@ -120,11 +120,19 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _read_file(path: str) -> bytes:
+def check_image_file(path: str) -> None:
+    """Raises FileNotFoundError, IsADirectoryError or PermissionError naming ``path`` unless it is a readable
+    file (whether it holds an image shows when it is decoded)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file; give the path of an image file.")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory; give image files (e.g. {os.path.join(path, '*.png')}).")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path} cannot be read by this user (permission denied).")
+
+
+def _read_file(path: str) -> bytes:
+    check_image_file(path)
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -346,7 +354,7 @@ def predict(workdir: str, image_paths: Sequence[str], top: int = 5, *, invert: b
     if not image_paths:
         raise ValueError("no image files given; name one or more after the flags.")
     for path in image_paths:  # a typo in a file name fails before the model is restored
-        _read_file(os.fspath(path))
+        check_image_file(os.fspath(path))
     return predict_images(load_trained(workdir), image_paths, top=top, invert=invert)
 
 
