@@ -353,8 +353,9 @@ def from_torch(name: str, state_dict: Mapping[str, Any], *, aux_logits: bool | N
                 used.add(counter)  # accepted and dropped: cnnlab's BN uses a fixed momentum
     extra = [k for k in keys if k not in used and k not in dropped]
     if extra:
+        more = f"; {len(extra) - 1} more" if len(extra) > 1 else ""
         raise ValueError(f"from_torch({name!r}): unexpected tensor {extra[0]!r} (not part of torchvision's {name}"
-                         f"{' with aux heads' if keep_aux else ''}){f'; {len(extra) - 1} more' if len(extra) > 1 else ''}.")
+                         f"{' with aux heads' if keep_aux else ''}){more}.")
     # Every Flax leaf filled exactly once: the layer list must cover the model's tree.
     wanted = set(_leaf_paths(shapes))
     if filled != wanted:  # a mapping bug, not a user error
