@@ -57,6 +57,7 @@ _GROUP = 16  # columns per group in the group-minimum top-k pre-filter
 _L1_MICRO_QUERIES = 16  # micro-tile of the L1 kernel (measured best on AVX512 CPUs: 16 x 256..1024)
 _L1_MICRO_TRAIN = 256
 _L1_CHUNK = 8  # features summed in float16: 8 * 255 = 2040 < 2048, exact
+_L1_U8_CHUNK = 16  # byte differences summed in uint16 (16 * 255 = 4080); measured best of 8..112 on 2 CPUs
 _L2_CHUNK_LIMIT = 1 << 24  # float32 represents every integer up to 2^24 exactly
 
 
@@ -302,34 +303,52 @@ def block_plan(
 
 
 @functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The host CPU's feature flags as Linux lists them in /proc/cpuinfo (e.g. "avx2", "avx512_fp16"); empty
+    where that file is missing (other operating systems): the kernels then take their portable choices."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_has_native_fp16() -> bool:
     """Whether this host CPU does float16 arithmetic natively (x86 AVX512-FP16, e.g. Sapphire Rapids).
     Elsewhere (AVX2-only x86 such as many AMD EPYC parts) XLA:CPU emulates float16 through float32
-    conversions, which makes the float16 L1 tile slower than a plain float32 one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512_fp16" in line for line in f)
-    except OSError:
-        return False
+    conversions, which makes a float16 L1 tile 3-4x slower than the uint8 one."""
+    return "avx512_fp16" in cpu_flags()
 
 
 def l1_tile_dtype(platform: str):
     """Element type of the exact L1 tile for 8-bit data: float16 where it is native (accelerators, CPUs with
-    AVX512-FP16), float32 otherwise. Both are exact: sums of 8 differences (<= 2040) fit float16's 11-bit
-    significand, and every partial sum stays below 2^24 in float32."""
+    AVX512-FP16), uint8 on other CPUs. Both are exact. float16: |a - b| of values in [0, 255] and sums of 8 such
+    differences (<= 2040) fit its 11-bit significand. uint8: |a - b| = max(a, b) - min(a, b) never leaves
+    [0, 255]; sums of 16 of them (<= 4080) are taken in uint16, then in int32. XLA:CPU vectorises the uint8
+    form as byte max/min/subtract with a widening add: on AVX2 about 8x the float32 tile's speed and 3x the
+    emulated float16 one (docs/knn.md)."""
     if platform != "cpu" or cpu_has_native_fp16():
         return jnp.float16
-    return jnp.float32
+    return jnp.uint8
 
 
-def _fast_dtype(platform: str):
-    """Operand type of the exact L2 matrix product: bfloat16 on accelerators, float32 on CPU (XLA:CPU runs
-    float32 products faster than bfloat16 ones; both carry centred 8-bit values exactly)."""
-    return jnp.float32 if platform == "cpu" else jnp.bfloat16
+def l2_operand_dtype(platform: str):
+    """Operand type of the exact L2 matrix product for 8-bit data. int8 on CPU: values centred to [-128, 127],
+    the product accumulated in int32 (exact; XLA:CPU hands it to YNNPACK, whose int8 kernels use AMX or
+    AVX512-VNNI where present and AVX2 elsewhere: 1.1x float32's speed on AVX2, about 7x on a Sapphire Rapids
+    Xeon). bfloat16 with float32 accumulation over <= 1024-feature chunks on accelerators (their matrix
+    units; centred 8-bit values and their products are exact there too)."""
+    return jnp.int8 if platform == "cpu" else jnp.bfloat16
 
 
 def _centred(x, mode: ArithmeticMode, dtype):
+    """x - offset - 128 (in [-128, 127] for the small-integer mode) as ``dtype``."""
     if x.dtype == jnp.uint8 and mode.offset == 0:
+        if dtype == jnp.int8:  # flipping the top bit of a byte subtracts 128: one cheap pass
+            return lax.bitcast_convert_type(x ^ jnp.uint8(0x80), jnp.int8)
         return (x.astype(jnp.int16) - 128).astype(dtype)
     return (x.astype(jnp.int32) - (mode.offset + 128)).astype(dtype)
 
@@ -379,9 +398,27 @@ class _Kernel:
 
 
 def _kernel_for(metric: str, mode: ArithmeticMode, platform: str, dim: int, dist_dtype) -> _Kernel:
+    if metric == "l2" and mode.kind == "small_int" and (
+        l2_operand_dtype(platform) == jnp.int8 and dim * 4 * 128 * 128 < 2**31
+    ):
+        # Exact: centred values in [-128, 127] as int8, the dot product accumulated in int32 (|q.x| <= dim * 2^14);
+        # |q|^2 + |x|^2 - 2 q.x stays within dim * 2^16 < 2^31 at every step.
+
+        def prepare(x):
+            c = _centred(x, mode, jnp.int8)
+            wide = c.astype(jnp.int32)
+            return c, jnp.sum(wide * wide, axis=1, dtype=jnp.int32)
+
+        def tile(q, x):
+            (qc, qn), (xc, xn) = q, x
+            dot = lax.dot_general(qc, xc, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+            return qn[:, None] + xn[None, :] - 2 * dot
+
+        return _Kernel(prepare, prepare, tile)
+
     if metric == "l2" and mode.kind == "small_int":
         # Exact: centred values in [-128, 127]; float32 accumulation over <= 1024 features stays <= 2^24.
-        dtype = _fast_dtype(platform)
+        dtype = jnp.bfloat16 if l2_operand_dtype(platform) == jnp.bfloat16 else jnp.float32
         chunk = min(dim, _L2_CHUNK_LIMIT // (128 * 128))
 
         def norms(c):
@@ -419,9 +456,32 @@ def _kernel_for(metric: str, mode: ArithmeticMode, platform: str, dim: int, dist
 
         return _Kernel(prepare, prepare, tile)
 
+    if metric == "l1" and mode.kind == "small_int" and l1_tile_dtype(platform) == jnp.uint8:
+        # Exact: values - offset in [0, 255] as uint8; |a - b| = max - min stays a byte; sums of 16 (<= 4080)
+        # in uint16, the chunk sums in int32 (dim * 255 < 2^31 is guaranteed by arithmetic_mode).
+
+        def to_u8(x):
+            if x.dtype == jnp.uint8 and mode.offset == 0:
+                return x
+            return (x.astype(jnp.int32) - mode.offset).astype(jnp.uint8)
+
+        def kernel(qq, xx):
+            mq, d16 = qq.shape
+            a, b = qq[:, :, None], xx[None, :, :]
+            diff = jnp.maximum(a, b) - jnp.minimum(a, b)
+            chunk_sums = diff.reshape(mq, d16 // _L1_U8_CHUNK, _L1_U8_CHUNK, xx.shape[1]).sum(
+                axis=2, dtype=jnp.uint16)
+            return chunk_sums.sum(axis=1, dtype=jnp.int32)
+
+        return _Kernel(
+            lambda x: _micro_split(_pad_features(to_u8(x).T, _L1_U8_CHUNK, 0), _L1_MICRO_TRAIN),
+            lambda q: _pad_features(to_u8(q), _L1_U8_CHUNK, 1),
+            lambda q, x: _micro_tiled(kernel, q, x, _L1_MICRO_QUERIES),
+        )
+
     if metric == "l1" and mode.kind == "small_int" and dim * 255 < _L2_CHUNK_LIMIT:
-        # Exact: values in [0, 255] and sums of 8 differences (<= 2040) are exact in float16 (and float32), the
-        # float32 total of the chunk sums stays below 2^24.
+        # Exact: values in [0, 255] and sums of 8 differences (<= 2040) are exact in float16, the float32
+        # total of the chunk sums stays below 2^24.
         tile_dtype = l1_tile_dtype(platform)
 
         def to_f16(x):

@@ -164,21 +164,63 @@ def test_bad_inputs_raise_clear_errors():
         knn.cross_validate(x, y, ks=[9], folds=5)
 
 
-@pytest.mark.parametrize("native_fp16", [True, False])
-def test_l1_tile_type_follows_the_cpu_and_stays_exact(monkeypatch, native_fp16):
-    # float16 tiles only where the CPU has AVX512-FP16; AVX2-only CPUs get float32 tiles. Both must be exact.
+def _exactness_cases():
+    """(train, queries) pairs that every small-integer kernel must rank exactly: random bytes over the full
+    range with duplicates, few distinct values (many equal distances), a shifted int16 range, and 784-feature
+    points near 255 whose squared distances (~50.8e6 > 2^24) differ by 1."""
+    rng = np.random.default_rng(7)
+    train = rng.integers(0, 256, size=(300, 40), dtype=np.uint8)
+    train[[0, 255]] = 255
+    train[17] = 0
+    train[90] = train[17]
+    queries = rng.integers(0, 256, size=(37, 40), dtype=np.uint8)
+    queries[:2] = [[0] * 40, [255] * 40]
+    few = rng.integers(0, 3, size=(120, 33), dtype=np.uint8)
+    shifted = rng.integers(-40, 160, size=(150, 21)).astype(np.int16)
+    pairs = [(5, 5), (0, 7), (7, 1), (1, 7), (3, 6), (6, 3), (2, 7), (4, 6), (7, 0), (6, 4), (0, 0), (1, 1)]
+    wide = np.full((len(pairs), 784), 255, np.uint8)
+    wide[:, :2] = pairs
+    return [(train, queries), (few, few[::3]), (shifted, shifted[5:40]), (wide, np.zeros((2, 784), np.uint8))]
+
+
+@pytest.mark.parametrize("native_fp16, l1_dtype", [(True, np.float16), (False, np.uint8)])
+def test_l1_tile_type_follows_the_cpu_and_stays_exact(monkeypatch, native_fp16, l1_dtype):
+    # float16 tiles only where the CPU has AVX512-FP16; other CPUs (AVX2-only) get uint8 tiles. Both exact.
     monkeypatch.setattr(search, "cpu_has_native_fp16", lambda: native_fp16)
     search.compiled_search.cache_clear()
     try:
-        assert knn.l1_tile_dtype("cpu") == (np.float16 if native_fp16 else np.float32)
+        assert knn.l1_tile_dtype("cpu") == l1_dtype
         assert knn.l1_tile_dtype("gpu") == np.float16
-        rng = np.random.default_rng(7)
-        train_x = rng.integers(0, 256, size=(300, 40), dtype=np.uint8)
-        queries = rng.integers(0, 256, size=(37, 40), dtype=np.uint8)
-        distances, indices = knn.nearest(train_x, queries, k=6, metric="l1", mesh=one_device_mesh())
-        want_d, want_i = reference_nearest(train_x, queries, 6, "l1")
-        np.testing.assert_array_equal(np.asarray(indices), want_i)
-        np.testing.assert_array_equal(np.asarray(distances), want_d)
+        hlo = knn.lowered_search((300, 40), np.uint8, (37, 40), k=6, metric="l1", mesh=one_device_mesh())[0]
+        assert ("xui16>" in hlo.as_text()) == (l1_dtype == np.uint8)  # the uint8 kernel's chunk sums
+        for train_x, queries in _exactness_cases():
+            k = min(6, len(train_x))
+            distances, indices = knn.nearest(train_x, queries, k=k, metric="l1", mesh=one_device_mesh())
+            want_d, want_i = reference_nearest(train_x, queries, k, "l1")
+            np.testing.assert_array_equal(np.asarray(indices), want_i)
+            np.testing.assert_array_equal(np.asarray(distances), want_d)
+    finally:
+        search.compiled_search.cache_clear()
+
+
+@pytest.mark.parametrize("operand_dtype, hlo_marker", [(np.int8, "xi8>"), (jax.numpy.bfloat16, "xbf16>"),
+                                                        (np.float32, "tensor<37x300xf32>")])
+def test_every_l2_product_type_is_exact_on_cpu(monkeypatch, operand_dtype, hlo_marker):
+    # int8 x int8 -> int32 is the CPU path; bfloat16 (float32 accumulation) is the accelerator path and float32
+    # the previous CPU one: forced here on the CPU, each must rank exactly like the int64 reference.
+    assert knn.l2_operand_dtype("cpu") == np.int8 and knn.l2_operand_dtype("gpu") == jax.numpy.bfloat16
+    monkeypatch.setattr(search, "l2_operand_dtype", lambda platform: operand_dtype)
+    search.compiled_search.cache_clear()
+    try:
+        hlo = knn.lowered_search((300, 40), np.uint8, (37, 40), k=6, metric="l2", mesh=one_device_mesh(),
+                                 query_block=37, train_block=300)[0]
+        assert hlo_marker in hlo.as_text()
+        for train_x, queries in _exactness_cases():
+            k = min(6, len(train_x))
+            distances, indices = knn.nearest(train_x, queries, k=k, metric="l2", mesh=one_device_mesh())
+            want_d, want_i = reference_nearest(train_x, queries, k, "l2")
+            np.testing.assert_array_equal(np.asarray(indices), want_i)
+            np.testing.assert_allclose(np.asarray(distances), np.sqrt(want_d), rtol=1e-6)
     finally:
         search.compiled_search.cache_clear()
 
