@@ -4,6 +4,7 @@
     python -m cnnlab.data prepare NAME... | --all [--force] [--data_dir DIR] [--manual_dir DIR]
     python -m cnnlab.data prepare imagenet2012 [--skip_bad]              # official tars in the manual dir
     python -m cnnlab.data prepare image_folder --name=NAME --root=DIR [--test_root=DIR | --test_fraction=F]
+    python -m cnnlab.data prepare demo_photos                           # small image folder from sklearn digits
                           [--split_seed=S] [--skip_bad] [--force]
     python -m cnnlab.data bench NAME... [--repeats 3] [--json OUT]   # time prepare + load (fresh tmp dir)
 
@@ -28,7 +29,7 @@ import time
 
 import tensorflow_datasets as tfds
 
-from cnnlab.data import formats, loading
+from cnnlab.data import demo, formats, loading
 
 
 def _sizes(sizes: dict[str, int]) -> str:
@@ -71,6 +72,12 @@ def prepare_image_datasets(args) -> int:
     """prepare imagenet2012 / image_folder: one dataset per call, errors on stderr, exit status 1."""
     name = args.names[0]
     shown = args.name if name == "image_folder" else name
+    if name == demo.NAME:
+        before = demo.NAME in loading.image_folder_names(args.data_dir)
+        path = demo.ensure_prepared(args.data_dir, force=args.force)
+        if before and not args.force:
+            print(f"{name}: already prepared in {path} (--force prepares it again)")
+        return 0
     before = {row.name: row.prepared for row in loading.image_status(data_dir=args.data_dir,
                                                                      manual_dir=args.manual_dir)}
     try:
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     prep = commands.add_parser("prepare", help="prepare datasets from their raw files")
     prep.add_argument("names", nargs="*", help=f"datasets: {', '.join(loading.names())}, imagenet2012, "
-                                               f"image_folder")
+                                               f"image_folder, {demo.NAME}")
     prep.add_argument("--all", action="store_true", help="every dataset whose raw files are present")
     prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
     prep.add_argument("--skip_bad", action="store_true", help="imagenet2012 / image_folder: skip files that "
@@ -213,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False  # shown once, by handler
     try:
-        if args.command == "prepare" and args.names and args.names[0] in ("image_folder", "imagenet2012"):
+        if args.command == "prepare" and args.names and args.names[0] in ("image_folder", "imagenet2012",
+                                                                       demo.NAME):
             if len(args.names) > 1 or args.all:
                 print(f"prepare {args.names[0]}: prepare it alone (no other names, no --all)", file=sys.stderr)
                 return 2

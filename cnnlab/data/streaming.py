@@ -88,6 +88,7 @@ class _LoadBatch:
     train: bool
     seed: int
     epoch: int
+    augment: bool = True
 
     def __call__(self, batch: int) -> dict[str, np.ndarray]:
         indices = self.rows[batch]
@@ -100,7 +101,7 @@ class _LoadBatch:
                 continue
             record = self.source[int(index)]
             try:
-                if self.train:
+                if self.train and self.augment:
                     rng = np.random.default_rng([self.seed, self.epoch, int(index)])
                     image[row] = decode.decode_random_crop(record["image"], size, rng)
                 else:
@@ -115,7 +116,8 @@ class _LoadBatch:
 
 def _batches(source: RandomAccessSource, *, train: bool, global_batch_size: int, seed: int, epoch: int,
              image_size: int, process_index: int | None, process_count: int | None, worker_count: int,
-             start_batch: int, prefetch_batches: int, read_threads: int) -> grain.DatasetIterator:
+             start_batch: int, prefetch_batches: int, read_threads: int,
+             augment: bool = True) -> grain.DatasetIterator:
     if image_size <= 0:
         raise ValueError(f"image_size must be > 0, got {image_size}")
     if worker_count < 0 or prefetch_batches < 0 or read_threads < 1:
@@ -126,7 +128,8 @@ def _batches(source: RandomAccessSource, *, train: bool, global_batch_size: int,
                       drop_remainder=train, process_index=process_index, process_count=process_count)
     if not 0 <= start_batch <= len(rows):
         raise ValueError(f"start_batch {start_batch} outside [0, {len(rows)}] (batches in this epoch)")
-    load = _LoadBatch(source=source, rows=rows, image_size=image_size, train=train, seed=seed, epoch=epoch)
+    load = _LoadBatch(source=source, rows=rows, image_size=image_size, train=train, seed=seed, epoch=epoch,
+                      augment=augment)
     dataset = grain.MapDataset.range(start_batch, len(rows)).map(load)
     # Each element is a whole batch; `read_threads` threads per process build batches concurrently (PIL decodes and
     # resizes without the GIL, so threads scale too). The buffer counts batches, so it is what bounds host memory
@@ -146,13 +149,14 @@ def _batches(source: RandomAccessSource, *, train: bool, global_batch_size: int,
 
 def train_batches(source: RandomAccessSource, *, global_batch_size: int, seed: int, epoch: int, image_size: int,
                   process_index: int | None = None, process_count: int | None = None, worker_count: int = 0,
-                  start_batch: int = 0, prefetch_batches: int = 2,
-                  read_threads: int = 1) -> grain.DatasetIterator:
+                  start_batch: int = 0, prefetch_batches: int = 2, read_threads: int = 1,
+                  augment: bool = True) -> grain.DatasetIterator:
     """This process's training batches of one epoch, from batch `start_batch` on.
 
     Yields {"image": uint8 [b, S, S, 3], "label": int32 [b], "mask": bool [b] (all True)} with
     b = global_batch_size // process_count and S = image_size: seeded shuffle (seed, epoch), the incomplete last
-    global batch dropped, Inception random-resized crop + horizontal flip per example. worker_count: grain worker
+    global batch dropped, Inception random-resized crop + horizontal flip per example (augment=False: the
+    evaluation view, resize + centre crop, in the shuffled training order). worker_count: grain worker
     processes decoding (0: decode in this process). read_threads: batches built concurrently by threads in each
     process (PIL releases the GIL while decoding and resizing). prefetch_batches: batches buffered ahead per
     process (memory bound: about (prefetch_batches + 1) batches per process). process_index/process_count default
@@ -162,13 +166,13 @@ def train_batches(source: RandomAccessSource, *, global_batch_size: int, seed: i
     return _batches(source, train=True, global_batch_size=global_batch_size, seed=seed, epoch=epoch,
                     image_size=image_size, process_index=process_index, process_count=process_count,
                     worker_count=worker_count, start_batch=start_batch, prefetch_batches=prefetch_batches,
-                    read_threads=read_threads)
+                    read_threads=read_threads, augment=augment)
 
 
 def eval_batches(source: RandomAccessSource, *, global_batch_size: int, image_size: int,
                  process_index: int | None = None, process_count: int | None = None, worker_count: int = 0,
                  start_batch: int = 0, prefetch_batches: int = 2,
-                  read_threads: int = 1) -> grain.DatasetIterator:
+                 read_threads: int = 1) -> grain.DatasetIterator:
     """This process's evaluation batches, in source order: resize the shorter side to S * 256 / 224, centre crop
     S x S. The last global batch is padded with zero images, label 0 and mask False, so summing per-example
     metrics under the mask over all processes counts every example exactly once. Same layout as train_batches.

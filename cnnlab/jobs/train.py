@@ -53,7 +53,7 @@ def _results(run: loop.Run, outcome: loop.TrainOutcome, wall_s: float) -> dict:
     config, final = run.config, outcome.final_eval
     state = outcome.state
     return workdir_lib.results_record(
-        kind="train", dataset=config.dataset, train_count=len(run.train.labels), test_count=final["eval_count"],
+        kind="train", dataset=config.dataset, train_count=run.feed.num_train, test_count=final["eval_count"],
         test_accuracy=final["eval_accuracy"], test_top5_accuracy=final.get("eval_top5_accuracy"),
         test_loss=final["eval_loss"], train_s=outcome.train_s, compile_s=outcome.compile_s,
         inference_s_per_1000=outcome.inference_s_per_1000, wall_s=wall_s, model_name=config.model,
@@ -63,13 +63,14 @@ def _results(run: loop.Run, outcome: loop.TrainOutcome, wall_s: float) -> dict:
                  "steps": outcome.steps, "epochs": outcome.epochs, "eval_s": outcome.eval_s,
                  "train_images_per_s": outcome.steps * config.batch_size / max(outcome.train_s, 1e-9),
                  "devices": parallel.device_description(run.mesh),
+                 "input": "streamed" if run.feed.streaming else "in memory",
                  "eval_per_class_accuracy": final["eval_per_class_accuracy"],
                  "eval_confusion": final["eval_confusion"]})
 
 
 def _report(wd: workdir_lib.Workdir, run: loop.Run, outcome: loop.TrainOutcome, results: dict) -> str:
     state, names = outcome.state, list(run.info.class_names)
-    image, label = run.test.images[0], int(run.test.labels[0])
+    image, label = run.feed.eval_example(0)
     scalars = {"test accuracy": results["test"]["accuracy"], "test loss": results["test"]["loss"],
                "test top-5 accuracy": results["test"]["top5_accuracy"], "test images": results["test"]["count"],
                "training time (s)": results["timing"]["train_s"], "compile time (s)": results["timing"]["compile_s"],

@@ -14,7 +14,8 @@ How a run continues: a checkpoint records every config field that changes what t
 (``run_fingerprint``); restoring it under a config that differs in any of them raises ``ResumeMismatch``
 naming the fields, old and new values. The fields in ``SAFE_ON_RESUME`` may change. The restored state holds
 the step, so the run continues exactly where it stopped: same epoch, same position in that epoch's shuffled
-order, same random numbers (they derive from the state's key and the step).
+order (recorded as ``position`` in the checkpoint's metadata; ``feeds`` serves the batches from there, in memory
+or streamed), same random numbers (they derive from the state's key and the step).
 
 SIGTERM (what SLURM, Kubernetes and preemptible VMs send) and SIGINT stop the loop at the next dispatch: it
 saves a checkpoint of the current step, waits until it is on disk, and raises ``TrainingInterrupted`` (the
@@ -42,9 +43,10 @@ import ml_collections
 import numpy as np
 
 from cnnlab import data, models, parallel
-from cnnlab.data import pipeline
+from cnnlab.data import demo
 from cnnlab.report import run_report
 from cnnlab.train import checkpoint as checkpoint_lib
+from cnnlab.train import feeds
 from cnnlab.train import pretrained
 from cnnlab.train import state as state_lib
 from cnnlab.train import steps as steps_lib
@@ -55,7 +57,8 @@ REQUIRED_FIELDS = ("dataset", "model", "num_epochs", "num_train_steps", "batch_s
 # Config fields that may differ between a checkpoint and the run resuming it: they change how the run is logged,
 # saved, laid out on devices or evaluated in batches, never what it computes.
 SAFE_ON_RESUME = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "report",
-                  "num_devices", "steps_per_dispatch", "data_dir", "multihost")
+                  "num_devices", "steps_per_dispatch", "data_dir", "multihost", "data_workers", "data_threads",
+                  "prefetch_batches")
 # The fields an evaluation of a saved checkpoint must share with the run that wrote it.
 _MODEL_FIELDS = ("model", "dataset", "num_classes", "image_shape", "model_overrides")
 
@@ -179,8 +182,7 @@ class Run:
 
     config: Any
     mesh: Any
-    train: Any
-    test: Any
+    feed: feeds.Feed  # the host batches: in memory or streamed
     info: Any
     model: Any
     schedule: Any
@@ -212,16 +214,17 @@ def setup(config) -> Run:
     parallel.check_batch_divisible(eval_batch_size, mesh, "eval_batch_size")
 
     data_dir = config.get("data_dir") or None
-    train_split = data.load(config.dataset, config.get("train_split", "train"), data_dir=data_dir)
-    test_split = data.load(config.dataset, config.get("eval_split", "test"), data_dir=data_dir)
+    if config.dataset == demo.NAME:  # made from installed data on first use, like digits
+        demo.ensure_prepared(data_dir)
     info = data.info(config.dataset, data_dir=data_dir)  # the prepared data's own mean/std
-    steps_per_epoch = pipeline.num_batches(len(train_split.labels), config.batch_size, drop_remainder=True)
+    feed = feeds.make_feed(config, info=info, data_dir=data_dir)  # in memory, or streamed (encoded images)
+    steps_per_epoch = feed.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_split.labels)} training "
-                         f"examples of {config.dataset}:{train_split.split}; lower it.")
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {feed.num_train} training "
+                         f"examples of {config.dataset}:{config.get('train_split', 'train')}; lower it.")
     total_steps = int(config.num_train_steps) if config.num_train_steps > 0 else int(config.num_epochs) * steps_per_epoch
 
-    height, width, channels = train_split.images.shape[1:]
+    height, width, channels = feed.image_shape
     size = int(config.get("image_size", 0) or 0)
     if size and (size < height or size < width):
         raise ValueError(f"config.image_size={size} is smaller than the {height}x{width} images; it only pads.")
@@ -240,7 +243,7 @@ def setup(config) -> Run:
             "config": json.loads(json.dumps(run_fingerprint(config), default=str)), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     eval_fn = steps_lib.make_eval_fn(parallel.replicated(mesh), model=model, num_classes=info.num_classes,
                                      mean=tuple(info.mean), std=tuple(info.std), image_size=image_shape[:2])
-    return Run(config=config, mesh=mesh, train=train_split, test=test_split, info=info, model=model,
+    return Run(config=config, mesh=mesh, feed=feed, info=info, model=model,
                schedule=schedule, tx=tx, state=state, shardings=shardings, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps, image_shape=image_shape, meta=meta, eval_fn=eval_fn,
                is_chief=jax.process_index() == 0)
@@ -250,9 +253,7 @@ def evaluate(run: Run, state) -> dict:
     """Whole eval split (last batch padded and masked) -> summarize_eval dict, plus eval_seconds."""
     start = time.perf_counter()
     metrics = jax.device_put(steps_lib.EvalMetrics.zeros(run.info.num_classes), parallel.replicated(run.mesh))
-    batch_size = int(run.config.get("eval_batch_size", run.config.batch_size))
-    for batch in pipeline.epoch_batches(run.test.images, run.test.labels, batch_size=batch_size, seed=0, epoch=0,
-                                        shuffle=False, drop_remainder=False):
+    for batch in run.feed.eval_batches():
         metrics = run.eval_fn(state, parallel.put_host_batch(batch, run.mesh), metrics)
     summary = steps_lib.summarize_eval(metrics, run.info.num_classes)  # waits for the device
     summary["eval_seconds"] = time.perf_counter() - start
@@ -312,7 +313,14 @@ def restore_latest(run: Run, checkpoints: checkpoint_lib.Checkpoints):
                 f"change on resume: {', '.join(SAFE_ON_RESUME)}.")
     state = checkpoints.restore_or_explain(latest, run.state, run.shardings,
                                            {k: run.meta[k] for k in _MODEL_FIELDS})
-    return state, Resumed(step=int(jax.device_get(state.step)), train_s=float(meta.get("train_time_s", 0.0)),
+    step = int(jax.device_get(state.step))
+    position = meta.get("position")
+    if position is not None and feeds.Position(**position) != feeds.Position.of_step(step, run.steps_per_epoch):
+        raise checkpoint_lib.CheckpointError(
+            f"Checkpoint step {step} in {checkpoints.directory} says its data position is {position}, but step {step} "
+            f"is batch {step % run.steps_per_epoch} of epoch {step // run.steps_per_epoch} for this run; the "
+            "checkpoint was written by a run with another data size. Use a new --workdir.")
+    return state, Resumed(step=step, train_s=float(meta.get("train_time_s", 0.0)),
                           compile_s=float(meta.get("compile_time_s", 0.0)), eval_s=float(meta.get("eval_time_s", 0.0)))
 
 
@@ -384,7 +392,7 @@ def train(run: Run, state, checkpoints: checkpoint_lib.Checkpoints, sink: Metric
     replicated = parallel.replicated(run.mesh)
     train_fn = steps_lib.make_train_fn(
         run.shardings, replicated, model=run.model, tx=run.tx, num_classes=run.info.num_classes,
-        mean=tuple(run.info.mean), std=tuple(run.info.std), augment=bool(config.augment),
+        mean=tuple(run.info.mean), std=tuple(run.info.std), augment=bool(config.augment) and run.feed.device_augment,
         flip=bool(config.get("augment_flip", True)), pad=int(config.get("augment_pad", 4)),
         label_smoothing=float(config.get("label_smoothing", 0.0)), image_size=run.image_shape[:2])
 
@@ -401,7 +409,7 @@ def train(run: Run, state, checkpoints: checkpoint_lib.Checkpoints, sink: Metric
     last_eval = None
 
     def meta_now() -> dict:
-        return dict(run.meta, train_time_s=resumed.train_s + clock["train"],
+        return dict(run.meta, position=feeds.Position.of_step(step, spe).as_dict(), train_time_s=resumed.train_s + clock["train"],
                     compile_time_s=resumed.compile_s + clock["compile"], eval_time_s=resumed.eval_s + clock["eval"])
 
     def close_window(now: float) -> float:
@@ -443,8 +451,7 @@ def train(run: Run, state, checkpoints: checkpoint_lib.Checkpoints, sink: Metric
             epoch = step // spe
             epoch_end = min((epoch + 1) * spe, total)
             pending: list[dict] = []
-            batches = pipeline.epoch_batches(run.train.images, run.train.labels, batch_size=config.batch_size,
-                                             seed=int(config.seed), epoch=epoch, start_batch=step - epoch * spe)
+            batches = run.feed.train_batches(epoch, start_batch=step - epoch * spe)
             for batch in batches:
                 pending.append(batch)
                 next_step = step + len(pending)
