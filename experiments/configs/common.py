@@ -24,10 +24,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = False                      # random crop (zero padding 4) + horizontal flip, on device
     c.augment_pad = 4                      # crop offsets: up to this many pixels (0: flips only)
     c.augment_flip = True
+    # Streaming input (encoded-image datasets: imagenet2012, image folders; cnnlab/train/feeds.py).
+    c.streaming = config_dict.placeholder(bool)  # None: stream exactly the encoded-image datasets; False: decode a
+                                           # small one into memory once; there image_size is the crop size (224)
+    c.data_threads = 2                     # threads decoding batches in each process (PIL releases the GIL)
+    c.data_workers = 0                     # grain worker processes decoding batches (0: none)
+    c.prefetch_batches = 2                 # batches decoded ahead of the device, per process
     # Model.
     c.model = "lenet5"                     # one of cnnlab.models.names()
     c.model_overrides = ml_collections.ConfigDict()  # extra constructor arguments, e.g. {"style": "original"}
     c.dtype = "float32"                    # computation dtype: "float32" or "bfloat16" (parameters stay float32)
+    c.init_from = ""                       # start from these weights: a converted .npz (python -m
+                                           # cnnlab.models.torch_weights convert) or a cnnlab workdir's best checkpoint
+    c.init_freeze = "none"                 # with init_from: "none", "backbone" (train the head only, BN statistics
+                                           # frozen) or "batch_stats" (BN uses and keeps its running statistics)
     # Optimisation.
     c.num_epochs = 10
     c.num_train_steps = 0                  # > 0 overrides num_epochs
