@@ -78,6 +78,8 @@ def report_errors(command: Callable[[], None], verbose: Callable[[], bool]) -> i
     """Runs ``command``; a user error is one line on stderr and status 2, Ctrl-C status 130, else 0."""
     try:
         command()
+    except SystemExit:  # --help: before the next clause, whose error types import cnnlab (seconds)
+        raise
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr, flush=True)
         return 130

@@ -191,13 +191,24 @@ class TrainedModel:
     def _jitted(self):
         return jax.jit(self.apply)
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, C] images (``preprocessing.input_shape``) -> float32 logits [N, num_classes]."""
+    def logits(self, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """uint8 [N, H, W, C] images (``preprocessing.input_shape``) -> float32 logits [N, num_classes].
+
+        At most ``batch_size`` images go through the network at once (bounded memory for many large images);
+        the last batch is zero-padded to the same size, so one program serves every batch.
+        """
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != self.preprocessing.input_shape:
             raise ValueError(f"expected uint8 images [N, {', '.join(map(str, self.preprocessing.input_shape))}], "
                              f"got {images.dtype} {list(images.shape)}.")
-        return np.asarray(self._jitted(self.variables, images))
+        if len(images) <= batch_size:
+            return np.asarray(self._jitted(self.variables, images))
+        parts = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
+            parts.append(np.asarray(self._jitted(self.variables, padded))[:len(chunk)])
+        return np.concatenate(parts)
 
 
 def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
@@ -325,17 +336,17 @@ def _light_background_warning(trained: TrainedModel, image: np.ndarray) -> str |
             "light on a dark background: if it is dark ink on light paper, rerun with --invert.")
 
 
-def predict_images(trained: TrainedModel, image_paths: Sequence[str], *, top: int = 5,
-                   invert: bool = False) -> list[dict]:
+def predict_images(trained: TrainedModel, image_paths: Sequence[str], *, top: int = 5, invert: bool = False,
+                   batch_size: int = 256) -> list[dict]:
     """Per image, in order: {"image": path, "predictions": [{"class", "index", "probability"}, ...] (``top``
     of them, most probable first), "warnings": [str, ...]}. Every file is read before the model runs, so a bad
-    file fails before any output."""
+    file fails before any output; ``batch_size`` images at a time go through the network."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"--top must be a positive integer, got {top!r}.")
     if not image_paths:
         raise ValueError("no image files given; name one or more after the flags.")
     images = np.stack([trained.preprocessing.load(os.fspath(p), invert=invert) for p in image_paths])
-    logits = trained.logits(images)
+    logits = trained.logits(images, batch_size=batch_size)
     probabilities = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
     k = min(top, trained.num_classes)
     results = []
@@ -349,13 +360,14 @@ def predict_images(trained: TrainedModel, image_paths: Sequence[str], *, top: in
     return results
 
 
-def predict(workdir: str, image_paths: Sequence[str], top: int = 5, *, invert: bool = False) -> list[dict]:
+def predict(workdir: str, image_paths: Sequence[str], top: int = 5, *, invert: bool = False,
+            batch_size: int = 256) -> list[dict]:
     """Classifies ``image_paths`` with the best checkpoint of the run in ``workdir``; see ``predict_images``."""
     if not image_paths:
         raise ValueError("no image files given; name one or more after the flags.")
     for path in image_paths:  # a typo in a file name fails before the model is restored
         check_image_file(os.fspath(path))
-    return predict_images(load_trained(workdir), image_paths, top=top, invert=invert)
+    return predict_images(load_trained(workdir), image_paths, top=top, invert=invert, batch_size=batch_size)
 
 
 def format_text(trained: TrainedModel, results: Sequence[dict]) -> str:

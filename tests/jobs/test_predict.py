@@ -44,12 +44,13 @@ def test_predicting_the_test_pngs_reproduces_the_runs_evaluation(run, trained):
     assert trained.step == 20 and trained.eval_accuracy == pytest.approx(run["results"]["test"]["accuracy"])
     assert (trained.model_name, trained.dataset, trained.num_classes) == ("lenet5", "digits", 10)
     assert trained.preprocessing.input_shape == (8, 8, 1) and trained.preprocessing.model_shape == (28, 28, 1)
-    results = predict.predict(run["workdir"], run["pngs"], top=3)
+    results = predict.predict(run["workdir"], run["pngs"], top=3, batch_size=359)  # the evaluation's batch
     top1 = np.array([r["predictions"][0]["index"] for r in results])
     assert np.mean(top1 == run["labels"]) == pytest.approx(run["results"]["test"]["accuracy"], abs=1e-9)
-    # The PNG path and the in-memory array path agree: same logits, hence same probabilities.
-    logits = trained.logits(run["images"])
+    # The PNG path and the in-memory array path agree; batches of 100 (the last one padded) give the same logits.
+    logits = trained.logits(run["images"], batch_size=359)
     np.testing.assert_array_equal(top1, logits.argmax(-1))
+    np.testing.assert_allclose(trained.logits(run["images"], batch_size=100), logits, rtol=1e-5, atol=1e-5)
     first = results[0]
     assert first["image"] == run["pngs"][0] and len(first["predictions"]) == 3
     probabilities = [p["probability"] for p in first["predictions"]]
