@@ -76,7 +76,8 @@ def _check_out(out: str) -> str:
     out = os.path.abspath(os.fspath(out))
     parent = os.path.dirname(out)
     if os.path.isdir(out):
-        raise IsADirectoryError(f"--out {out} is a directory; give a file name, e.g. {os.path.join(out, 'model.jaxexport')}.")
+        raise IsADirectoryError(f"--out {out} is a directory; give a file name, e.g. "
+                                f"{os.path.join(out, 'model.jaxexport')}.")
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"--out {out}: the directory {parent} does not exist; create it first.")
     if not os.access(parent, os.W_OK | os.X_OK):
