@@ -9,6 +9,7 @@ one global batch on the 8-device mesh with ``put_host_batch``, sums the global a
 digests the training augmentation of the global batch (gathered from both processes).
 MODE ``train``: ``train_and_evaluate`` of the tiny config (fields from CONFIG_JSON) in WORKDIR, recording the digest
 of every batch this process fed and every file path it opened for writing, created, renamed or removed.
+MODE ``stream``: the same for a config on a prepared image folder (streamed feed), recording each batch's digest.
 Writes what it saw to OUT_JSON (outside WORKDIR).
 """
 
@@ -127,11 +128,42 @@ def train(out_path: str, workdir: str, config_json: str) -> None:
                    "written": sorted(written_paths)}, f)
 
 
+def stream(out_path: str, workdir: str, config_json: str) -> None:
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from _train_helpers import tiny_config
+
+    from cnnlab.jobs import train_and_evaluate
+    from cnnlab.train import feeds
+
+    fed = []  # one entry per epoch of batches: ("train", epoch, start_batch) or ("eval",), and the digests
+
+    def recording(method, kind):
+        def wrapper(self, *args, **kwargs):
+            call = {"kind": kind, "args": list(args), "digests": []}
+            fed.append(call)
+            for batch in method(self, *args, **kwargs):
+                call["digests"].append(batch_digest(batch))
+                yield batch
+        return wrapper
+
+    feeds.StreamingFeed.train_batches = recording(feeds.StreamingFeed.train_batches, "train")
+    feeds.StreamingFeed.eval_batches = recording(feeds.StreamingFeed.eval_batches, "eval")
+    with open(config_json) as f:
+        config = tiny_config(**json.load(f))
+    results = train_and_evaluate(config, workdir)
+    with open(out_path, "w") as f:
+        json.dump({"process_index": jax.process_index(), "results_test": results and results["test"], "fed": fed}, f)
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "collectives":
         collectives(out)
     elif mode == "train":
         train(out, sys.argv[3], sys.argv[4])
+    elif mode == "stream":
+        stream(out, sys.argv[3], sys.argv[4])
     else:
-        raise SystemExit(f"unknown mode {mode!r}: use 'collectives' or 'train'")
+        raise SystemExit(f"unknown mode {mode!r}: use 'collectives', 'train' or 'stream'")

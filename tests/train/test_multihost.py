@@ -187,3 +187,40 @@ def test_two_process_training_matches_one_process_writes_once_and_restores_on_on
     assert summary["step"] in saved_eval
     assert summary["eval_accuracy"] == pytest.approx(saved_eval[summary["step"]]["eval_accuracy"], abs=1e-12)
     assert summary["eval_loss"] == pytest.approx(saved_eval[summary["step"]]["eval_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_own_rows_and_match_one_process(tmp_path):
+    """The streamed feed (an image folder) under 2 processes x 4 devices: each process decodes only its half of
+    every global batch, and the run ends with one 8-device process's results."""
+    from cnnlab.data import demo, loading
+    from cnnlab.jobs import train_and_evaluate
+    from cnnlab.train import feeds
+
+    demo.write_demo_folder(tmp_path / "folder", per_class=8)
+    loading.prepare_image_folder("tinyphotos", tmp_path / "folder", data_dir=tmp_path / "tfds")
+    fields = dict(dataset="tinyphotos", data_dir=str(tmp_path / "tfds"), image_size=32, batch_size=16,
+                  eval_batch_size=8, num_devices=0, num_epochs=1, augment=True, checkpoint_every_steps=0)
+    config_json = tmp_path / "fields.json"
+    config_json.write_text(json.dumps(fields))
+    outputs = _run_workers(tmp_path, "stream", str(tmp_path / "run"), str(config_json), timeout=300)
+    single = train_and_evaluate(tiny_config(**fields), str(tmp_path / "single"))
+    multi = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert multi["details"]["input"] == "streamed" and multi["test"]["count"] == single["test"]["count"] == 20
+    assert multi["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=1e-5)
+    assert [o["results_test"] for o in outputs] == [multi["test"]] * NUM_PROCESSES
+
+    config = tiny_config(**fields)
+    info = loading.info("tinyphotos", data_dir=fields["data_dir"])
+    feed = feeds.make_feed(config, info=info, data_dir=fields["data_dir"])
+    for index, out in enumerate(outputs):
+        calls = out["fed"]
+        assert [(c["kind"], c["args"]) for c in calls] == [("train", [0]), ("eval", []), ("eval", [])]
+        from cnnlab.data import streaming
+
+        own_train = streaming.train_batches(feed.train_source, global_batch_size=16, seed=0, epoch=0, image_size=32,
+                                            process_index=index, process_count=NUM_PROCESSES)
+        own_eval = streaming.eval_batches(feed.eval_source, global_batch_size=8, image_size=32,
+                                          process_index=index, process_count=NUM_PROCESSES)
+        assert calls[0]["digests"] == [batch_digest(b) for b in own_train]
+        assert calls[1]["digests"] == [batch_digest(b) for b in own_eval]
