@@ -19,7 +19,7 @@ TRAIN_CONFIGS = sorted(
 def test_the_expected_configs_exist():
     for name in ("lenet5_mnist", "lenet5_fashion_mnist", "resnet20_cifar10", "resnet56_cifar10",
                  "resnet56_cifar100", "vgg16_cifar10", "densenet_bc_cifar10", "googlenet_cifar10",
-                 "alexnet_cifar10", "resnet18_fashion_mnist"):
+                 "alexnet_cifar10", "resnet18_fashion_mnist", "resnet50_imagenet", "resnet18_imagenet"):
         assert name in TRAIN_CONFIGS
 
 

@@ -125,3 +125,19 @@ def test_a_checkpoint_whose_position_disagrees_is_refused(streamed_run, tmp_path
     # data_dir may change on resume, but there an epoch is 1 step: step 4 is batch 0 of epoch 4, not 1 of epoch 1.
     with pytest.raises(checkpoint_lib.CheckpointError, match="data position"):
         train_and_evaluate(streamed_config(str(smaller / "tfds")), workdir)
+
+
+@pytest.mark.slow
+def test_imagenet_recipe_runlocal_prepares_demo_photos_and_trains(tmp_path, monkeypatch):
+    from experiments.configs import resnet18_imagenet
+
+    monkeypatch.setenv("CNNLAB_RAW_DIR", str(tmp_path / "raw"))
+    config = resnet18_imagenet.get_config("runlocal")
+    config.data_dir = str(tmp_path / "tfds")
+    config.num_train_steps = 2
+    config.checkpoint_every_steps = 1
+    config.report = False
+    results = train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["dataset"] == "demo_photos" and results["details"]["input"] == "streamed"
+    assert results["splits"]["train"] == 1438 and results["test"]["count"] == 359
+    assert len(list((tmp_path / "raw" / "demo_photos").glob("*/*"))) == 1797
