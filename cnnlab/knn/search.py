@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -316,10 +317,24 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def xla_cpu_max_isa() -> str | None:
+    """The instruction-set ceiling XLA:CPU's code generation was given (``--xla_cpu_max_isa=...`` in XLA_FLAGS,
+    e.g. "AVX2"), upper case; None when unset (XLA then uses everything the CPU has)."""
+    value = None
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_cpu_max_isa="):
+            value = flag.split("=", 1)[1].strip().upper() or None
+    return value
+
+
 def cpu_has_native_fp16() -> bool:
-    """Whether this host CPU does float16 arithmetic natively (x86 AVX512-FP16, e.g. Sapphire Rapids).
-    Elsewhere (AVX2-only x86 such as many AMD EPYC parts) XLA:CPU emulates float16 through float32
-    conversions, which makes a float16 L1 tile 3-4x slower than the uint8 one."""
+    """Whether XLA:CPU can use native float16 arithmetic here: the CPU has AVX512-FP16 (e.g. Sapphire Rapids)
+    and ``--xla_cpu_max_isa`` does not hold code generation below AVX-512. Elsewhere (AVX2-only x86 such as
+    many AMD EPYC parts) XLA:CPU emulates float16 through float32 conversions, which makes a float16 L1 tile
+    3-4x slower than the uint8 one."""
+    ceiling = xla_cpu_max_isa()
+    if ceiling is not None and not ceiling.startswith(("AVX512", "AVX10", "AMX")):
+        return False
     return "avx512_fp16" in cpu_flags()
 
 

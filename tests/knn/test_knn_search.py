@@ -236,3 +236,17 @@ def test_zero_or_negative_block_sizes_are_rejected_not_taken_as_default(option, 
     with pytest.raises(TypeError, match=f"{option} must be a positive integer"):
         knn.block_plan(10, 10, 4, k=1, **{option: 2.5})
     assert knn.block_plan(10, 10, 4, k=1, **{option: None}) == knn.block_plan(10, 10, 4, k=1)
+
+
+@pytest.mark.parametrize("xla_flags, cpu_flags, native", [
+    ("", {"avx2", "avx512f", "avx512_fp16"}, True),
+    ("--xla_cpu_max_isa=AVX2", {"avx2", "avx512f", "avx512_fp16"}, False),  # emulating an AVX2 machine
+    ("--xla_cpu_prefer_vector_width=512 --xla_cpu_max_isa=avx512", {"avx512_fp16"}, True),
+    ("", {"avx2", "fma"}, False),  # AMD EPYC (Zen 2/3) class
+])
+def test_native_fp16_needs_the_cpu_flag_and_an_xla_isa_ceiling_above_avx2(monkeypatch, xla_flags, cpu_flags,
+                                                                          native):
+    monkeypatch.setenv("XLA_FLAGS", xla_flags)
+    monkeypatch.setattr(search, "cpu_flags", lambda: frozenset(cpu_flags))
+    assert search.cpu_has_native_fp16() is native
+    assert knn.l1_tile_dtype("cpu") == (np.float16 if native else np.uint8)
