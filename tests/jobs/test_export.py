@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from _trained_run import trained_run
@@ -100,3 +101,15 @@ def test_bad_output_paths_and_workdirs_are_refused_before_writing(run, tmp_path,
     assert export_cli.run(["export", f"--workdir={run['workdir']}", f"--out={tmp_path}"]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_one_file_for_cpu_and_cuda_runs_here(run, tmp_path):
+    # Lowering for a backend this machine lacks needs no GPU; the file still runs on the CPU.
+    out = str(tmp_path / "both.jaxexport")
+    card = export.export_model(run["workdir"], out, platforms=["cpu", "cuda"])
+    assert card["platforms"] == ["cpu", "cuda"]
+    with open(out, "rb") as f:
+        loaded = jax.export.deserialize(bytearray(f.read()))
+    assert loaded.platforms == ("cpu", "cuda")
+    reference = predict.load_trained(run["workdir"]).logits(run["images"][:2])
+    np.testing.assert_allclose(np.asarray(loaded.call(run["images"][:2])), reference, rtol=1e-5, atol=1e-5)
