@@ -247,7 +247,7 @@ def run_stacked(config, wd: workdir_lib.Workdir, seeds: Sequence[int]) -> None:
     with locked_all(seed_wds, command=f"stacked seeds of {wd.path}"):
         srun = stacked.setup(config, seeds)
         with loop.open_checkpoints(srun.run, wd.file("checkpoints")) as checkpoints:
-            state, resumed = loop.restore_latest(srun.run, checkpoints)
+            state, resumed = stacked.restore_latest(srun, checkpoints)
             if resumed.step == srun.run.total_steps and all(w.read_results() is not None for w in seed_wds):
                 print(f"Already finished at step {resumed.step}: all {len(seeds)} stacked seeds have results.",
                       flush=True)

@@ -5,8 +5,8 @@
 
 Writes config.json (only once the checkpoint, if any, is known to belong to this config), metrics.jsonl
 (rewritten on resume to exactly the restored history), checkpoints/, results.json (``cnnlab.jobs.workdir``'s
-schema), tensorboard/ event files, and report.md with its plots. A rerun of a finished workdir prints
-"already finished" with its results and rewrites nothing.
+schema), predictions.npy and test_labels.npy (single-host runs), tensorboard/ event files, and report.md with its
+plots. A rerun of a finished workdir prints "already finished" with its results and rewrites nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from cnnlab import models, parallel
 from cnnlab.jobs import workdir as workdir_lib
 from cnnlab.report import tensorboard, training as training_report
-from cnnlab.train import loop
+from cnnlab.train import loop, stacked
 
 
 def _agreed(flag: bool) -> bool:
@@ -114,8 +114,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       flush=True)
             outcome = loop.train(run, state, checkpoints, _RecordSink(wd), resumed)
         results = _results(run, outcome, time.perf_counter() - began)
+        # Each test image's predicted class, for per-image statistics over seeds and methods (McNemar, bootstrap);
+        # single-host only (the arrays of a multi-host run are not all on one host).
+        predictions = stacked.predict_test_split(run, outcome.state) if jax.process_count() == 1 else None
         if wd.is_chief:
             wd.write_results(results)
+            if predictions is not None:
+                wd.write_predictions(*predictions)
             tensorboard.write_scalars_from_metrics(wd.metrics.path, wd.file("tensorboard"))
             if config.get("report", True):
                 results["details"]["report"] = _report(wd, run, outcome, results)

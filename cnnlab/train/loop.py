@@ -58,7 +58,11 @@ REQUIRED_FIELDS = ("dataset", "model", "num_epochs", "num_train_steps", "batch_s
 # saved, laid out on devices or evaluated in batches, never what it computes.
 SAFE_ON_RESUME = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size", "report",
                   "num_devices", "steps_per_dispatch", "data_dir", "multihost", "data_workers", "data_threads",
-                  "prefetch_batches")
+                  "prefetch_batches",
+                  # How many seeds run and how (a single run's checkpoint never depends on them; a stacked
+                  # checkpoint checks its seeds itself), and the choice of GPU kernels (as num_devices: the
+                  # same computation).
+                  "seeds", "seeds_stacked", "deterministic")
 # The fields an evaluation of a saved checkpoint must share with the run that wrote it.
 _MODEL_FIELDS = ("model", "dataset", "num_classes", "image_shape", "model_overrides")
 

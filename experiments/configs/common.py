@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Seeds and determinism (docs/seeds.md).
     c.seeds = 1                            # N > 1: run seeds seed, seed+1, ..., seed+N-1 into workdir/seed_<n>/ and
                                            # aggregate (mean, std, CI) in workdir/results.json and report.md
-    c.seeds_stacked = False                # N > 1: train the N seeds in one vmapped program (cnnlab.train.stacked)
+    c.seeds_stacked = False                # N > 1: train the N seeds in one program (cnnlab.train.stacked;
+                                           # pays on accelerators, not on CPU: docs/seeds.md)
     c.deterministic = False                # GPU: XLA's deterministic ops (slower); CPU runs are deterministic anyway
     # Loop, checkpoints, logging.
     c.steps_per_dispatch = 1               # optimizer steps per jitted call; k > 1 scans over k batches (unrolled

@@ -11,6 +11,8 @@ their last epoch (no checkpoint is chosen by test accuracy). Each method runs in
 config, checkpoints and results.json; rerunning the command skips the methods that are done.
 
 Writes DIR/comparison.md, DIR/comparison.json and DIR/comparison.png (accuracy against training time).
+``--config.seeds=5`` runs every method over seeds 0..4 and adds the statistics (mean +/- std, 95% CI, paired t
+tests, McNemar, comparison_seeds.png; docs/compare.md).
 Expected ordering (the lecture's story): classical < kNN < LeNet-5 <= ResNet-20 in test accuracy, at rising
 training cost. Measured results and times: docs/compare.md. ``runlocal`` shrinks every job (subsets, few steps)
 to a few minutes on 2 CPU cores; its numbers are a smoke test, not the comparison.

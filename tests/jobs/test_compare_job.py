@@ -5,6 +5,7 @@ import os
 
 import matplotlib.image
 import ml_collections
+import numpy as np
 import pytest
 
 import cnnlab.jobs
@@ -170,3 +171,73 @@ def test_digits_runlocal_end_to_end(tmp_path):
         assert row["train_time_s"] == job["timing"]["train_s"] > 0
         assert 0.5 < row["test_accuracy"] <= 1.0
     assert results["test"]["accuracy"] == max(r["test_accuracy"] for r in rows.values())
+
+
+
+def digits_seeds_config(methods, seeds=3):
+    """A real comparison on digits over ``seeds`` seeds, shrunk to seconds: kNN (k in 1, 3; 2 folds), the
+    classical SVM on pixels, LeNet-5 for 12 steps with its seeds stacked in one program."""
+    from experiments.configs import compare as compare_config
+
+    config = compare_config.get_config("digits,runlocal")
+    config.seeds = seeds
+    config.methods = methods
+    config.jobs.knn.ks = (1, 3)
+    config.jobs.knn.folds = 2
+    classical_job = config.jobs.classical
+    classical_job.train_size, classical_job.feature_sets, classical_job.classifiers = 600, ("pixels",), ("svm",)
+    lenet = config.jobs.lenet5
+    lenet.num_train_steps, lenet.log_every_steps, lenet.checkpoint_every_steps = 12, 6, 0
+    lenet.report, lenet.num_devices, lenet.seeds_stacked = False, 1, True
+    return config
+
+
+def _check_seeds_comparison(tmp_path, methods):
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    rows = {r["method"]: r for r in comparison["methods"]}
+    assert list(rows) == list(methods)
+    for method, row in rows.items():
+        aggregate = workdir_lib.Workdir(tmp_path / method).read_results()
+        assert row["seeds"] == [0, 1, 2] and len(row["accuracies"]) == 3
+        assert row["accuracies"] == aggregate["seeds"]["per_seed"]["test_accuracy"]
+        for index in range(3):
+            seed_results = workdir_lib.Workdir(tmp_path / method / f"seed_{index}").read_results()
+            assert seed_results["test"]["accuracy"] == row["accuracies"][index]
+            assert (tmp_path / method / f"seed_{index}" / "predictions.npy").is_file()
+    # Exact kNN on the full digits split: the CV folds change with the seed, the chosen k and so the accuracy
+    # do not; the table says so instead of drawing an interval.
+    assert rows["knn"]["deterministic"] and rows["knn"]["accuracy_std"] == 0.0
+    assert not rows["lenet5"]["deterministic"] and rows["lenet5"]["stacked"]
+    # A paired t test for each pair over the 3 seeds, McNemar on seed 0's predictions for each pair.
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+    assert [(t["a"], t["b"]) for t in comparison["paired_tests"]] == pairs
+    assert [(t["a"], t["b"]) for t in comparison["mcnemar"]] == pairs
+    knn_vs_lenet = comparison["paired_tests"][pairs.index(("knn", "lenet5"))]
+    assert knn_vs_lenet["mean_difference"] == pytest.approx(np.mean(rows["knn"]["accuracies"])
+                                                            - np.mean(rows["lenet5"]["accuracies"]))
+    assert knn_vs_lenet["p_value"] < 0.05  # 12 LeNet-5 steps are far from kNN's 98%: a real difference
+    mc = comparison["mcnemar"][pairs.index(("knn", "lenet5"))]
+    knn_pred, labels = workdir_lib.Workdir(tmp_path / "knn" / "seed_0").read_predictions()
+    lenet_pred, _ = workdir_lib.Workdir(tmp_path / "lenet5" / "seed_0").read_predictions()
+    assert (mc["only_a"], mc["only_b"]) == (int(np.sum((knn_pred == labels) & (lenet_pred != labels))),
+                                            int(np.sum((knn_pred != labels) & (lenet_pred == labels))))
+    table = (tmp_path / "comparison.md").read_text()
+    assert "(no spread: deterministic, n=3)" in table and "McNemar's exact test" in table
+    assert "No spread over seeds (the method is deterministic on this split): knn." in table
+    assert (tmp_path / "comparison_seeds.png").stat().st_size > 0
+
+
+def test_digits_comparison_over_three_seeds_end_to_end(tmp_path):
+    """kNN and LeNet-5 (stacked seeds) over 3 seeds: about 25 s on 2 idle cores."""
+    methods = ("knn", "lenet5")
+    results = compare.run(digits_seeds_config(methods), str(tmp_path))
+    assert results["kind"] == "compare"
+    _check_seeds_comparison(tmp_path, methods)
+
+
+@pytest.mark.slow
+def test_digits_comparison_of_three_methods_over_three_seeds(tmp_path):
+    """With the classical pipeline too (its descriptor compilation alone takes ~40 s on 2 cores)."""
+    methods = ("knn", "classical", "lenet5")
+    compare.run(digits_seeds_config(methods), str(tmp_path))
+    _check_seeds_comparison(tmp_path, methods)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from _train_helpers import ROOT, committed_steps, records, tiny_config
 
@@ -34,6 +35,10 @@ def test_rerun_gives_bit_identical_metrics_and_parameter_hash(first_run, tmp_pat
     assert again["details"]["eval_confusion"] == results["details"]["eval_confusion"]
     # The hash is the final parameters' and batch statistics': written into results.json.
     assert workdir_lib.Workdir(workdir).read_results()["model"]["params_sha256"] == results["model"]["params_sha256"]
+    # The run's per-image test predictions (for McNemar and bootstrap intervals) match its accuracy.
+    predictions, labels = workdir_lib.Workdir(workdir).read_predictions()
+    assert len(labels) == results["test"]["count"] == 359
+    assert np.mean(predictions == labels) == results["test"]["accuracy"]
 
 
 def test_another_seed_gives_another_hash(first_run, tmp_path):
