@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from cnnlab.data import decode
 from cnnlab.jobs import predict
+from cnnlab.train import CheckpointError
 from experiments import predict as predict_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -160,3 +162,22 @@ def test_help_goes_through_absl():
     done = subprocess.run([sys.executable, "-m", "experiments.predict", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "--invert" in done.stdout and "python -m experiments.predict" in done.stdout
+
+
+# A restore that fails on corrupt data leaves a tensorstore callback for Orbax's closed event loop (Orbax's noise).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_checkpoint_is_named_and_left_as_it_was(run, tmp_path):
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(run["workdir"], workdir)
+    state = os.path.join(workdir, "checkpoints", "20", "state")
+    data_files = [os.path.join(d, f) for d, _, files in os.walk(state) for f in files
+                  if "_METADATA" not in f and os.path.getsize(os.path.join(d, f)) > 64]
+    assert data_files
+    for path in data_files:
+        with open(path, "r+b") as handle:
+            handle.write(b"\xde\xad\xbe\xef" * (os.path.getsize(path) // 4))
+    listing = sorted(os.path.relpath(os.path.join(d, f), workdir) for d, _, files in os.walk(workdir) for f in files)
+    with pytest.raises(CheckpointError, match=f"Checkpoint {re.escape(os.path.dirname(state))} cannot be read"):
+        predict.load_trained(workdir)
+    assert sorted(os.path.relpath(os.path.join(d, f), workdir) for d, _, files in os.walk(workdir)
+                  for f in files) == listing
