@@ -1,6 +1,6 @@
 """Export a trained run as one file that runs with jax and numpy alone (jax.export StableHLO, weights inside).
 
-    python -m experiments.export --workdir=DIR --out=FILE [--platforms=cpu,cuda]
+    python -m experiments.export --workdir=DIR --out=FILE [--platforms=cpu,cuda] [--seed=S]
 
 Writes FILE (the serialized ``jax.export.Exported``: the best checkpoint's network in eval mode with the run's
 padding and normalisation in front; uint8 images [N, H, W, C] in, any N; float32 logits [N, classes] out) and
@@ -29,6 +29,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir (c
 _OUT = flags.DEFINE_string("out", None, "The file to write (FILE.json is written beside it).", flag_values=FLAGS)
 _PLATFORMS = flags.DEFINE_list("platforms", [], "Backends to lower for: cpu, cuda, rocm, tpu (default: this "
                                "machine's).", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", None, "For a run over several seeds (config.seeds): the seed whose model to "
+                             "export.", flag_values=FLAGS)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors, and INFO logs.", flag_values=FLAGS)
 
 
@@ -40,7 +42,7 @@ def _export_and_print(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     from cnnlab.jobs import export
 
-    card = export.export_model(_WORKDIR.value, _OUT.value, platforms=_PLATFORMS.value or None)
+    card = export.export_model(_WORKDIR.value, _OUT.value, platforms=_PLATFORMS.value or None, seed=_SEED.value)
     out = os.path.abspath(_OUT.value)
     shape = "x".join("N" if d is None else str(d) for d in card["input"]["shape"])
     print(f"Exported {card['model']} on {card['dataset']} (checkpoint step {card['checkpoint_step']}) for "

@@ -1,12 +1,13 @@
 """Classify image files with a trained run: its best checkpoint, its own preprocessing, its class names.
 
-    python -m experiments.predict --workdir=DIR IMAGE [IMAGE ...] [--top=5] [--json] [--invert]
+    python -m experiments.predict --workdir=DIR IMAGE [IMAGE ...] [--top=5] [--json] [--invert] [--seed=S]
 
-DIR is the --workdir of a finished (or still running) training run of experiments/main.py. Each image is
+DIR is the --workdir of a finished (or still running) training run of experiments/main.py (of a run over several
+seeds, ``config.seeds``: DIR and --seed=S, or DIR/seed_<n>). Each image is
 converted to the run's input as its evaluation saw images (grey or RGB; resized to the dataset's size, or for
 ImageNet-style datasets the shorter side resized and the centre cropped; zero padding and normalisation as in
 training), and the top classes are printed with their probabilities. ``--json`` prints one JSON object instead:
-{"workdir", "model", "dataset", "checkpoint_step", "eval_accuracy", "preprocessing", "images": [{"image",
+{"workdir", "model", "dataset", "seed", "checkpoint_step", "eval_accuracy", "preprocessing", "images": [{"image",
 "predictions": [{"class", "index", "probability"}, ...], "warnings": [...]}, ...]}.
 
 MNIST-style runs (digits, mnist, fashion_mnist) were trained on light shapes on a dark background: for dark ink on
@@ -37,6 +38,8 @@ _TOP = flags.DEFINE_integer("top", 5, "How many classes to print per image (at m
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object (for programs) instead of text.", flag_values=FLAGS)
 _INVERT = flags.DEFINE_bool("invert", False, "Invert the pixels (255 - x) first: dark ink on white paper for "
                             "MNIST-style runs.", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", None, "For a run over several seeds (config.seeds): the seed whose model to "
+                             "use.", flag_values=FLAGS)
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors, and INFO logs.", flag_values=FLAGS)
 
 
@@ -101,11 +104,11 @@ def _predict_and_print(argv: list[str]) -> None:
 
     for path in images:  # a mistyped file name fails at once, before the model is restored
         predict.check_image_file(path)
-    trained = predict.load_trained(_WORKDIR.value)
+    trained = predict.load_trained(_WORKDIR.value, seed=_SEED.value)
     results = predict.predict_images(trained, images, top=_TOP.value, invert=_INVERT.value)
     if _JSON.value:
         print(json.dumps({"workdir": trained.workdir, "model": trained.model_name, "dataset": trained.dataset,
-                          "checkpoint_step": trained.step, "eval_accuracy": trained.eval_accuracy,
+                          "seed": trained.seed, "checkpoint_step": trained.step, "eval_accuracy": trained.eval_accuracy,
                           "preprocessing": trained.preprocessing.describe(), "images": results}, indent=2))
     else:
         print(predict.format_text(trained, results))

@@ -101,7 +101,7 @@ def export_trained(trained: predict_lib.TrainedModel, *, platforms: Sequence[str
     card = {
         "format": CARD_FORMAT,
         "file": "jax.export.Exported serialized with Exported.serialize(); load with jax.export.deserialize",
-        "model": trained.model_name, "dataset": trained.dataset, "checkpoint_step": trained.step,
+        "model": trained.model_name, "dataset": trained.dataset, "seed": trained.seed, "checkpoint_step": trained.step,
         "eval_accuracy": trained.eval_accuracy, "workdir": trained.workdir,
         "class_names": list(trained.class_names), "num_classes": trained.num_classes,
         "input": {"shape": [None, height, width, channels], "dtype": "uint8", "layout": "NHWC",
@@ -123,15 +123,16 @@ def export_trained(trained: predict_lib.TrainedModel, *, platforms: Sequence[str
     return exported, card
 
 
-def export_model(workdir: str, out: str, *, platforms: Sequence[str] | None = None) -> dict:
+def export_model(workdir: str, out: str, *, platforms: Sequence[str] | None = None, seed: int | None = None) -> dict:
     """Writes ``out`` (the serialized model) and ``out + ".json"`` (the card) for the run in ``workdir``.
 
     Every check (workdir, checkpoint, output path, platforms) and the export itself happen before the first
-    byte is written; both files are written under temporary names and renamed. Returns the card.
+    byte is written; both files are written under temporary names and renamed. ``seed``: for a run over several
+    seeds, which seed's model (see ``predict.load_trained``). Returns the card.
     """
     out = _check_out(out)
     _check_platforms(platforms)
-    trained = predict_lib.load_trained(workdir)
+    trained = predict_lib.load_trained(workdir, seed=seed)
     exported, card = export_trained(trained, platforms=platforms)
     blob = exported.serialize()
     card["bytes"] = len(blob)

@@ -30,6 +30,7 @@ dark background: a photo of dark ink on white paper must be inverted (``invert=T
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -162,7 +163,7 @@ class TrainedModel:
 
     model: the Flax module; variables: {"params": ..., ["batch_stats": ...]} as host numpy arrays;
     class_names: num_classes names; step: the checkpoint's step; eval_accuracy: its accuracy when saved (None if
-    it carries no metrics); config: the run's config.json as a dict.
+    it carries no metrics); config: the run's config.json as a dict; seed: the training seed of these weights.
     """
 
     workdir: str
@@ -175,6 +176,7 @@ class TrainedModel:
     step: int
     eval_accuracy: float | None
     config: dict
+    seed: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -237,9 +239,10 @@ class _DropReadOnlyNotice(logging.Filter):
         return "read only" not in record.getMessage()
 
 
-def _restore_variables(manager, directory: str, step: int, expected) -> dict:
+def _restore_variables(manager, directory: str, step: int, expected, seed_index: int | None = None) -> dict:
     """The params and BN statistics of ``step`` as numpy arrays, checked against ``expected`` (the model's
-    abstract variables). The optimizer state is read too (the saved tree is restored as saved) and dropped."""
+    abstract variables). The optimizer state is read too (the saved tree is restored as saved) and dropped.
+    ``seed_index``: a stacked seeds checkpoint (every leaf [N, ...]): the slice of that seed."""
     where = os.path.join(directory, str(step))
     try:
         saved = manager.item_metadata(step)["state"]
@@ -252,6 +255,8 @@ def _restore_variables(manager, directory: str, step: int, expected) -> dict:
     variables = {"params": restored["params"]}
     if restored.get("batch_stats"):
         variables["batch_stats"] = restored["batch_stats"]
+    if seed_index is not None:
+        variables = jax.tree.map(lambda v: np.asarray(v)[seed_index], variables)
     want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(expected)}
     have = {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_leaves_with_path(variables)}
     if want != have:
@@ -262,14 +267,7 @@ def _restore_variables(manager, directory: str, step: int, expected) -> dict:
     return jax.tree.map(lambda v, e: np.asarray(v, dtype=e.dtype), variables, expected)
 
 
-def load_trained(workdir: str) -> TrainedModel:
-    """The best checkpoint of the training run in ``workdir`` (see the module docstring); reads, never writes.
-
-    Raises FileNotFoundError (no such workdir, no config.json, no checkpoints: train first), ValueError (a
-    workdir of another job kind), CheckpointError (a damaged checkpoint or one that does not fit its model).
-    """
-    workdir = os.path.abspath(workdir)
-    hint = TRAIN_HINT.format(workdir=workdir)
+def _read_config(workdir: str, hint: str) -> dict:
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir {workdir} does not exist; {hint}.")
     config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
@@ -280,16 +278,70 @@ def load_trained(workdir: str) -> TrainedModel:
     if kind != "train":
         raise ValueError(f"{workdir} holds a {kind!r} job; predicting and exporting need a training run (kind "
                          "'train').")
+    return config
+
+
+def _has_checkpoints(workdir: str) -> bool:
     directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
-        raise FileNotFoundError(f"{workdir} has no checkpoints (nothing in {directory}); {hint}, or wait for its "
-                                "first checkpoint.")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def _seed_workdirs(workdir: str) -> dict[int, str]:
+    """seed -> its workdir, for the ``seed_<n>/`` runs of a seeds run (``cnnlab.jobs.seeds``) under ``workdir``."""
+    found = {}
+    for name in sorted(os.listdir(workdir)):
+        path = os.path.join(workdir, name)
+        if name.startswith("seed_") and os.path.isfile(os.path.join(path, workdir_lib.CONFIG_FILE)):
+            with contextlib.suppress(ValueError, FileNotFoundError):
+                found[int(workdir_lib.read_json(os.path.join(path, workdir_lib.CONFIG_FILE)).get("seed", 0))] = path
+    return found
+
+
+def _resolve(workdir: str, seed: int | None) -> tuple[str, dict]:
+    """(the workdir whose checkpoints hold the model, its config): ``workdir`` itself, or for a seeds run over
+    separate workdirs the ``seed_<n>/`` of ``seed``. Errors say what to train or which --seed to choose."""
+    hint = TRAIN_HINT.format(workdir=workdir)
+    config = _read_config(workdir, hint)
+    if _has_checkpoints(workdir):
+        if seed is not None and not config.get("seeds_stacked") and int(config.get("seed", 0)) != seed:
+            raise ValueError(f"{workdir} is a run of seed {config.get('seed', 0)} only; --seed={seed} does not "
+                             "exist there.")
+        return workdir, config
+    per_seed = _seed_workdirs(workdir)
+    if per_seed:
+        if seed is None or seed not in per_seed:
+            choice = "choose one" if seed is None else f"--seed={seed} is not one of them; choose one"
+            raise ValueError(f"{workdir} is a run over seeds {sorted(per_seed)}, each with its own checkpoints: "
+                             f"{choice} with --seed=S (or give its workdir, e.g. --workdir="
+                             f"{per_seed[min(per_seed)]}).")
+        return _resolve(per_seed[seed], None)
+    parent = os.path.dirname(workdir)
+    if os.path.basename(workdir).startswith("seed_") and _has_checkpoints(parent):
+        raise FileNotFoundError(f"{workdir} is one seed of a stacked seeds run: its checkpoint is the shared one "
+                                f"in {parent}/checkpoints; use --workdir={parent} --seed={config.get('seed', 0)}.")
+    raise FileNotFoundError(f"{workdir} has no checkpoints (nothing in {os.path.join(workdir, 'checkpoints')}); "
+                            f"{hint}, or wait for its first checkpoint.")
+
+
+def load_trained(workdir: str, *, seed: int | None = None) -> TrainedModel:
+    """The best checkpoint of the training run in ``workdir`` (see the module docstring); reads, never writes.
+
+    ``seed`` picks one seed of a seeds run (``config.seeds`` > 1): its ``seed_<n>/`` workdir, or its slice of a
+    stacked run's shared checkpoint (``config.seeds_stacked``); such runs need it, single runs ignore it when it
+    is their own seed.
+
+    Raises FileNotFoundError (no such workdir, no config.json, no checkpoints: train first), ValueError (a
+    workdir of another job kind, a seeds run without a valid ``seed``), CheckpointError (a damaged checkpoint or
+    one that does not fit its model).
+    """
+    workdir, config = _resolve(os.path.abspath(workdir), seed)
+    directory = os.path.join(workdir, "checkpoints")
     manager = _checkpoint_manager(directory)
     try:
         step = manager.best_step()
         if step is None:
-            raise FileNotFoundError(f"{workdir} has no complete checkpoint yet; {hint}, or wait for its first "
-                                    "checkpoint.")
+            raise FileNotFoundError(f"{workdir} has no complete checkpoint yet; {TRAIN_HINT.format(workdir=workdir)}"
+                                    ", or wait for its first checkpoint.")
         try:
             meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
         except Exception as error:  # noqa: BLE001
@@ -316,13 +368,25 @@ def load_trained(workdir: str) -> TrainedModel:
                            **(meta.get("model_overrides") or {}))
         expected = jax.eval_shape(lambda key: model.init(key, jnp.zeros((1, *model_shape), jnp.float32),
                                                          train=False), jax.random.key(0))
-        variables = _restore_variables(manager, directory, step, expected)
+        seed_index = None
+        if meta.get("stacked"):
+            seeds = [int(v) for v in meta.get("seeds", [])]
+            if seed not in seeds:
+                choice = "choose one" if seed is None else f"--seed={seed} is not one of them; choose one"
+                raise ValueError(f"{workdir} holds seeds {seeds} trained together in one checkpoint "
+                                 f"(config.seeds_stacked): {choice} with --seed=S.")
+            seed_index = seeds.index(seed)
+        variables = _restore_variables(manager, directory, step, expected, seed_index)
         metrics = manager.metrics(step) or {}
     finally:
         manager.close()
+    if seed_index is not None and isinstance(metrics.get("eval_accuracy"), (list, tuple)):
+        metrics = dict(metrics, eval_accuracy=metrics["eval_accuracy"][seed_index])
+    accuracy = metrics.get("eval_accuracy")
     return TrainedModel(workdir=workdir, model_name=meta["model"], dataset=meta["dataset"], model=model,
                         variables=variables, class_names=list(info.class_names), preprocessing=preprocessing,
-                        step=int(step), eval_accuracy=metrics.get("eval_accuracy"), config=config)
+                        step=int(step), eval_accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
+                        config=config, seed=seed if seed is not None else int(config.get("seed", 0)))
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -361,13 +425,14 @@ def predict_images(trained: TrainedModel, image_paths: Sequence[str], *, top: in
 
 
 def predict(workdir: str, image_paths: Sequence[str], top: int = 5, *, invert: bool = False,
-            batch_size: int = 256) -> list[dict]:
+            batch_size: int = 256, seed: int | None = None) -> list[dict]:
     """Classifies ``image_paths`` with the best checkpoint of the run in ``workdir``; see ``predict_images``."""
     if not image_paths:
         raise ValueError("no image files given; name one or more after the flags.")
     for path in image_paths:  # a typo in a file name fails before the model is restored
         check_image_file(os.fspath(path))
-    return predict_images(load_trained(workdir), image_paths, top=top, invert=invert, batch_size=batch_size)
+    return predict_images(load_trained(workdir, seed=seed), image_paths, top=top, invert=invert,
+                          batch_size=batch_size)
 
 
 def format_text(trained: TrainedModel, results: Sequence[dict]) -> str:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from _trained_run import trained_run
@@ -17,6 +18,8 @@ from PIL import Image
 from cnnlab.data import decode
 from cnnlab.jobs import predict
 from cnnlab.train import CheckpointError
+from cnnlab.train import checkpoint as checkpoint_lib
+from cnnlab.train.state import TrainState
 from experiments import predict as predict_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -162,6 +165,46 @@ def test_help_goes_through_absl():
     done = subprocess.run([sys.executable, "-m", "experiments.predict", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "--invert" in done.stdout and "python -m experiments.predict" in done.stdout
+
+
+def test_runs_over_seeds_need_a_seed(run, trained, tmp_path):
+    # Separate workdirs per seed (config.seeds = N): DIR --seed=S is DIR/seed_<n>.
+    seeds_run = tmp_path / "seeds"
+    shutil.copytree(run["workdir"], seeds_run / "seed_0")
+    (seeds_run / "config.json").write_text(json.dumps({"kind": "train", "seed": 0, "seeds": 2}))
+    with pytest.raises(ValueError, match=r"is a run over seeds \[0\], each with its own checkpoints: choose one"):
+        predict.load_trained(str(seeds_run))
+    with pytest.raises(ValueError, match="--seed=3 is not one of them"):
+        predict.load_trained(str(seeds_run), seed=3)
+    chosen = predict.load_trained(str(seeds_run), seed=0)
+    assert chosen.workdir == str(seeds_run / "seed_0") and chosen.seed == 0 and chosen.step == trained.step
+    with pytest.raises(ValueError, match="is a run of seed 0 only; --seed=1"):
+        predict.load_trained(run["workdir"], seed=1)
+
+    # Seeds trained stacked (config.seeds_stacked): one checkpoint, every leaf [seeds, ...]; --seed takes a slice.
+    stacked = tmp_path / "stacked"
+    stacked.mkdir()
+    config = json.loads(open(os.path.join(run["workdir"], "config.json")).read())
+    (stacked / "config.json").write_text(json.dumps(dict(config, seeds=2, seeds_stacked=True)))
+    with checkpoint_lib.Checkpoints(os.path.join(run["workdir"], "checkpoints"), async_save=False) as original:
+        meta = original.read_meta(20)
+    doubled = jax.tree.map(lambda a: 2 * a, trained.variables["params"])
+    state = TrainState(params=jax.tree.map(lambda a, b: np.stack([a, b]), trained.variables["params"], doubled),
+                       batch_stats={}, opt_state={}, step=np.array([20, 20], np.int32),
+                       rng=jax.random.split(jax.random.key(0), 2))
+    with checkpoint_lib.Checkpoints(str(stacked / "checkpoints"), async_save=False) as checkpoints:
+        checkpoints.save(20, state, dict(meta, stacked=True, seeds=[4, 9]), metrics={"eval_accuracy": 0.5})
+    with pytest.raises(ValueError, match=r"holds seeds \[4, 9\] trained together .* choose one with --seed=S"):
+        predict.load_trained(str(stacked))
+    second = predict.load_trained(str(stacked), seed=9)
+    assert second.seed == 9
+    jax.tree.map(np.testing.assert_array_equal, second.variables["params"], doubled)
+    jax.tree.map(np.testing.assert_array_equal, predict.load_trained(str(stacked), seed=4).variables,
+                 trained.variables)
+    (stacked / "seed_1").mkdir()
+    (stacked / "seed_1" / "config.json").write_text(json.dumps(dict(config, seed=9)))
+    with pytest.raises(FileNotFoundError, match=f"use --workdir={re.escape(str(stacked))} --seed=9"):
+        predict.load_trained(str(stacked / "seed_1"))
 
 
 # A restore that fails on corrupt data leaves a tensorstore callback for Orbax's closed event loop (Orbax's noise).
