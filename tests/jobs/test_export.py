@@ -57,7 +57,7 @@ def test_the_card_describes_input_output_classes_and_preprocessing(run, exported
     assert card["format"] == export.CARD_FORMAT and card["model"] == "lenet5" and card["dataset"] == "digits"
     assert card["class_names"] == [str(i) for i in range(10)] and card["num_classes"] == 10
     assert card["input"]["shape"] == [None, 8, 8, 1] and card["input"]["dtype"] == "uint8"
-    assert card["output"]["shape"] == [None, 10] and card["checkpoint_step"] == 20
+    assert card["output"]["shape"] == [None, 10] and card["checkpoint_step"] == 20 and card["seed"] == 0
     assert card["preprocessing"]["in_model"] == "zero-pad to 28x28, (x / 255 - mean) / std"
     assert card["preprocessing"]["host"].startswith("image -> grey (L), resized to 8x8")
     assert len(card["preprocessing"]["mean"]) == 1 and card["software"]["cnnlab"] and card["software"]["jax"]
