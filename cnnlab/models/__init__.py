@@ -19,8 +19,6 @@ import numpy as np
 
 from cnnlab.models import alexnet, common, densenet, googlenet, resnet, vgg
 from cnnlab.models.lenet import LeNet5
-from cnnlab.models.torch_weights import (TORCHVISION_MODELS, from_torch, load_variables, save_variables,
-                                         to_torch)
 
 # name -> constructor (a Module class or a functools.partial of one); get() adds num_classes and overrides.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -199,6 +197,19 @@ def summary(name: str, input_shape: tuple[int, ...], *, num_classes: int, depth:
     stats = count_params(variables.get("batch_stats", {}))
     lines.append(f"Total parameters: {total:,}" + (f"  (+ {stats:,} batch-norm statistics)" if stats else ""))
     return "\n".join(lines)
+
+
+# torchvision weights in and out (cnnlab/models/torch_weights.py), loaded on first use: importing it here would
+# make `python -m cnnlab.models.torch_weights` (its command line) run a module that is already imported.
+_TORCH_WEIGHTS_EXPORTS = ("from_torch", "to_torch", "save_variables", "load_variables", "TORCHVISION_MODELS")
+
+
+def __getattr__(attribute: str) -> Any:
+    if attribute in _TORCH_WEIGHTS_EXPORTS:
+        from cnnlab.models import torch_weights
+
+        return getattr(torch_weights, attribute)
+    raise AttributeError(f"module 'cnnlab.models' has no attribute {attribute!r}")
 
 
 __all__ = ["names", "get", "first_conv_kernel", "count_params", "min_input_size", "summary", "SMALL_IMAGE_MODELS",

@@ -62,12 +62,23 @@ def assert_backbone_is_source(params, batch_stats, source):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), batch_stats, source["batch_stats"])
 
 
-def test_setup_loads_the_converted_weights_with_a_new_head(converted, capsys):
+@pytest.fixture(scope="module")
+def setup_run(converted):
+    """(loop.setup of the digits fine-tune from the converted file, what it printed)."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run = loop.setup(finetune_config(converted[0]))
+    return run, printed.getvalue()
+
+
+def test_setup_loads_the_converted_weights_with_a_new_head(converted, setup_run):
     path, source = converted
-    run = loop.setup(finetune_config(path))
+    run, out = setup_run
     assert_backbone_is_source(run.state.params, run.state.batch_stats, source)
     assert run.state.params["fc"]["kernel"].shape == (512, 10)
-    out = capsys.readouterr().out
     assert f"init_from: resnet18 weights from {path}" in out
     assert "head fc replaced: (512, 1000) in the source, (512, 10) here, freshly initialised" in out
     assert "first convolution (7, 7, 3, 64) summed over its 3 input channels -> (7, 7, 1, 64)" in out
@@ -82,13 +93,13 @@ def finetuned(converted, tmp_path_factory):
     return workdir, results
 
 
-def test_finetune_with_frozen_backbone_trains_the_head_only(converted, finetuned):
+def test_finetune_with_frozen_backbone_trains_the_head_only(converted, finetuned, setup_run):
     path, source = converted
     workdir, results = finetuned
     variables, meta = pretrained.load_source(workdir)
     assert meta["model"] == "resnet18" and results["details"]["steps"] == 6
     assert_backbone_is_source(variables["params"], variables["batch_stats"], source)  # BN statistics too
-    initial = loop.setup(finetune_config(path)).state.params["fc"]  # same seed: the same fresh head
+    initial = setup_run[0].state.params["fc"]  # same config and seed: the head the fine-tune started from
     assert not np.allclose(variables["params"]["fc"]["kernel"], np.asarray(initial["kernel"]))
     assert np.isfinite(results["test"]["loss"])
 
@@ -106,7 +117,7 @@ def test_frozen_batch_stats_use_and_keep_the_running_averages():
     model = resnet.ResNetTiny(num_classes=10)  # BN everywhere, small enough to compile in seconds
     images = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3)) * 255
     batch = {"image": images.astype(jnp.uint8), "label": jnp.arange(8) % 10, "mask": jnp.ones(8, bool)}
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     # Running statistics far from the batch's, so using them (or not) changes the loss.
     batch_stats = jax.tree.map(lambda v: v + 0.5, variables["batch_stats"])
     results = {}
@@ -123,7 +134,8 @@ def test_frozen_batch_stats_use_and_keep_the_running_averages():
     frozen_state, frozen_loss = results["batch_stats"]
     jax.tree.map(np.testing.assert_array_equal, frozen_state.batch_stats, batch_stats)
     images = steps.preprocess(batch["image"], None, mean=(127.5,) * 3, std=(64.0,) * 3, augment=False)
-    eval_logits = model.apply({"params": variables["params"], "batch_stats": batch_stats}, images, train=False)
+    eval_logits = jax.jit(functools.partial(model.apply, train=False))(
+        {"params": variables["params"], "batch_stats": batch_stats}, images)
     eval_loss = float(steps.cross_entropy(eval_logits, batch["label"], num_classes=10).mean())
     assert frozen_loss == pytest.approx(eval_loss, rel=1e-5)
     # Without freezing: batch statistics in the forward pass, running averages updated.
@@ -146,25 +158,32 @@ def test_backbone_freeze_zeroes_every_update_but_the_heads():
                        "freeze_batch_stats", False)
 
 
-def test_clear_errors(converted, tmp_path):
-    path, _ = converted
+def test_clear_errors(converted, setup_run, tmp_path):
+    path, source = converted
+    run, _ = setup_run
+
+    def initialize(init_from, **overrides):
+        return pretrained.initialize_from(finetune_config(init_from, **overrides), run.state, model=run.model,
+                                          mesh=run.mesh, shardings=run.shardings)
+
     with pytest.raises(FileNotFoundError, match="no such file or directory: '/nonexistent.npz'"):
-        loop.setup(finetune_config("/nonexistent.npz"))
+        initialize("/nonexistent.npz")
     with pytest.raises(ValueError, match="holds 'resnet18' weights, but config.model is 'resnet34'"):
-        loop.setup(finetune_config(path, model="resnet34"))
+        initialize(path, model="resnet34")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="is a directory without cnnlab checkpoints"):
+        initialize(str(tmp_path / "empty"))
+    np.savez(tmp_path / "state_dict.npz", **{"fc.weight": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match="must be converted first"):
+        initialize(str(tmp_path / "state_dict.npz"))
+    # A shape that differs outside the head: the source's 7x7 ImageNet stem into a small_input (3x3) ResNet-18.
+    small = models.get("resnet18", num_classes=10, small_input=True)
+    target = jax.eval_shape(lambda: small.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False))
     with pytest.raises(ValueError, match=r"stem_conv/kernel has shape \(7, 7, 3, 64\) in the source but "
                                          r"\(3, 3, 1, 64\) in this run's resnet18"):
-        config = finetune_config(path)
-        config.model_overrides.small_input = True
-        loop.setup(config)
+        pretrained.merge("resnet18", source, target)
     with pytest.raises(ValueError, match="init_freeze='backbone' freezes loaded weights, but config.init_from is "
                                          "not set"):
         loop.setup(tiny_config(model="resnet18", init_freeze="backbone"))
     with pytest.raises(ValueError, match=r"init_freeze must be one of \['none', 'backbone', 'batch_stats'\]"):
         loop.setup(finetune_config(path, init_freeze="head"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="is a directory without cnnlab checkpoints"):
-        loop.setup(finetune_config(str(tmp_path / "empty")))
-    np.savez(tmp_path / "state_dict.npz", **{"fc.weight": np.zeros((2, 2), np.float32)})
-    with pytest.raises(ValueError, match="must be converted first"):
-        loop.setup(finetune_config(str(tmp_path / "state_dict.npz")))
