@@ -353,17 +353,24 @@ def load_trained(workdir: str, *, seed: int | None = None) -> TrainedModel:
         if dtype not in DTYPES:
             raise ValueError(f"checkpoint {step} in {directory} was trained with dtype {dtype!r}, which this "
                              f"version of cnnlab does not know ({list(DTYPES)}).")
-        info = data.info(meta["dataset"], data_dir=config.get("data_dir") or None)
-        if info.num_classes != int(meta["num_classes"]):
+        if all(key in meta for key in ("mean", "std", "class_names", "encoded_images", "input_shape")):
+            # Checkpoints record the run's preprocessing: no need for the prepared data.
+            class_names, mean, std = list(meta["class_names"]), meta["mean"], meta["std"]
+            encoded, native_shape = bool(meta["encoded_images"]), tuple(int(v) for v in meta["input_shape"])
+        else:  # older checkpoints: the dataset's current info
+            info = data.info(meta["dataset"], data_dir=config.get("data_dir") or None)
+            class_names, mean, std = list(info.class_names), info.mean, info.std
+            encoded = None in tuple(info.image_shape)
+            native_shape = None if encoded else tuple(int(v) for v in info.image_shape)
+        if len(class_names) != int(meta["num_classes"]):
             raise checkpoint_lib.CheckpointError(
                 f"checkpoint {step} in {directory} has {meta['num_classes']} classes, but dataset "
-                f"{meta['dataset']!r} now has {info.num_classes}; the dataset changed since training.")
+                f"{meta['dataset']!r} now has {len(class_names)}; the dataset changed since training.")
         model_shape = tuple(int(v) for v in meta["image_shape"])
-        encoded = None in tuple(info.image_shape)
-        input_shape = model_shape if encoded else tuple(int(v) for v in info.image_shape)
+        input_shape = model_shape if encoded else native_shape
         preprocessing = Preprocessing(dataset=meta["dataset"], input_shape=input_shape, model_shape=model_shape,
-                                      mean=tuple(float(v) for v in info.mean),
-                                      std=tuple(float(v) for v in info.std), encoded=encoded)
+                                      mean=tuple(float(v) for v in mean),
+                                      std=tuple(float(v) for v in std), encoded=encoded)
         model = models.get(meta["model"], num_classes=int(meta["num_classes"]), dtype=DTYPES[dtype],
                            **(meta.get("model_overrides") or {}))
         expected = jax.eval_shape(lambda key: model.init(key, jnp.zeros((1, *model_shape), jnp.float32),
@@ -384,7 +391,8 @@ def load_trained(workdir: str, *, seed: int | None = None) -> TrainedModel:
         metrics = dict(metrics, eval_accuracy=metrics["eval_accuracy"][seed_index])
     accuracy = metrics.get("eval_accuracy")
     return TrainedModel(workdir=workdir, model_name=meta["model"], dataset=meta["dataset"], model=model,
-                        variables=variables, class_names=list(info.class_names), preprocessing=preprocessing,
+                        variables=variables, class_names=class_names,
+                        preprocessing=preprocessing,
                         step=int(step), eval_accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
                         config=config, seed=seed if seed is not None else int(config.get("seed", 0)))
 

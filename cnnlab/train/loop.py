@@ -244,7 +244,12 @@ def setup(config) -> Run:
         state = pretrained.initialize_from(config, state, model=model, mesh=mesh, shardings=shardings)
     meta = {"model": config.model, "dataset": config.dataset, "num_classes": int(info.num_classes),
             "image_shape": list(image_shape), "model_overrides": json.loads(json.dumps(overrides, default=str)),
-            "config": json.loads(json.dumps(run_fingerprint(config), default=str)), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+            "config": json.loads(json.dumps(run_fingerprint(config), default=str)), "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            # What predictions and exports need to apply this run's preprocessing without the prepared data.
+            "mean": [float(v) for v in info.mean], "std": [float(v) for v in info.std],
+            "class_names": list(info.class_names), "streamed": feed.streaming,
+            "encoded_images": None in tuple(info.image_shape), "input_shape": list(feed.image_shape)}
     eval_fn = steps_lib.make_eval_fn(parallel.replicated(mesh), model=model, num_classes=info.num_classes,
                                      mean=tuple(info.mean), std=tuple(info.std), image_size=image_shape[:2])
     return Run(config=config, mesh=mesh, feed=feed, info=info, model=model,

@@ -141,3 +141,24 @@ def test_imagenet_recipe_runlocal_prepares_demo_photos_and_trains(tmp_path, monk
     assert results["dataset"] == "demo_photos" and results["details"]["input"] == "streamed"
     assert results["splits"]["train"] == 1438 and results["test"]["count"] == 359
     assert len(list((tmp_path / "raw" / "demo_photos").glob("*/*"))) == 1797
+
+
+def test_predict_on_a_streamed_run_needs_only_its_checkpoint(streamed_run, image_data_dir, tmp_path):
+    from cnnlab.jobs import predict
+
+    workdir = str(tmp_path / "moved")
+    shutil.copytree(streamed_run[0], workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    config["data_dir"] = str(tmp_path / "no_data_here")  # the prepared folder is gone: the checkpoint suffices
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config, f)
+    source = loading.data_source(NAME, "test", data_dir=image_data_dir)
+    image_path = tmp_path / "digit.jpg"
+    image_path.write_bytes(source[0]["image"])
+    [answer] = predict.predict(workdir, [str(image_path)], top=3)
+    assert len(answer["predictions"]) == 3
+    assert {p["class"] for p in answer["predictions"]} <= {str(d) for d in range(10)}
+    # The same preprocessing as the run's evaluation: the streamed feed's centre crop of the same bytes.
+    trained = predict.load_trained(workdir)
+    assert trained.preprocessing.encoded and trained.preprocessing.model_shape == (32, 32, 3)
