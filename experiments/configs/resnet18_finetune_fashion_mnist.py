@@ -9,10 +9,9 @@ The recipe of resnet18_finetune_cifar10.py (same arguments: ``:weights=PATH``, `
 ``:bf16``, ``:runlocal``), on Fashion-MNIST's 28x28 grey images zero-padded to 32x32 and 10 epochs. The images have
 one channel: the ImageNet first convolution is summed over its three input channels when the weights are loaded
 (the same response as the 3-channel model on the grey image copied into three channels), as the log says.
-Expected with ImageNet weights: about 93-94% test accuracy at this size (ResNet-18 from scratch reaches about
-95% with the small-input stem, resnet18_fashion_mnist.py: at 32x32 the ImageNet stem costs more than the weights
-bring; upsampled inputs would change that, but cnnlab's in-memory path only pads). Not measured (no ImageNet
-weights here; about 0.15 GFLOP per image, a GPU run).
+Expected with ImageNet weights: not measured (no ImageNet weights here; about 0.15 GFLOP per image, a GPU run);
+compare with the same recipe without weights (``--config.init_from=''``) and with resnet18_fashion_mnist.py (the
+small-input stem from scratch, about 95%): at 32x32 the ImageNet stem may cost more than the weights bring.
 
 ``:runlocal`` checks the plumbing on sklearn's digits exactly as resnet18_finetune_cifar10.py's does.
 """
