@@ -19,14 +19,16 @@ How it works (one jitted program):
 
 Exactness (DESIGN.md section 4):
   * Integer inputs whose value range spans at most 255 (uint8 images, int8, bool, small-range ints):
-      L2: values are centred to [-128, 127] (exact in bfloat16 and float32), the dot products are computed in
-          float32 accumulation over feature chunks of at most 1024 features (|sum| <= 1024 * 128^2 = 2^24, so
-          every partial sum is an exactly representable integer), converted to int32 and combined into the
-          exact squared distance |q|^2 - 2 q.x + |x|^2 in int32. On GPU/TPU the operands are bfloat16 (the
-          fast matrix unit path), on CPU float32 (same exact values).
-      L1: |a - b| of values in [0, 255] and sums of 8 such terms (<= 2040 < 2^11) are exact in float16; the
-          per-chunk sums are added in float32 (exact below 2^24) or int32. float16 is the fastest exact type
-          on CPUs with AVX512-FP16 and on GPUs.
+      L2: values are centred to [-128, 127]. On CPU they are int8 and the matrix product accumulates in int32
+          (|q.x| <= D * 2^14: exact; XLA:CPU runs it through YNNPACK's int8 kernels: AMX or AVX512-VNNI where
+          present, AVX2 elsewhere), then |q|^2 - 2 q.x + |x|^2 in int32 (from 32,768 features on, where that could
+          overflow, the chunked float32 product below). On GPU/TPU the operands are bfloat16
+          with float32 accumulation over feature chunks of at most 1024 features (|sum| <= 1024 * 128^2 = 2^24,
+          so every partial sum is an exactly representable integer), converted to int32 and combined the same way.
+      L1: the tile type follows the CPU (``l1_tile_dtype``). float16 where it is native (AVX512-FP16 CPUs,
+          GPUs): |a - b| of values in [0, 255] and sums of 8 such terms (<= 2040 < 2^11) are exact, the chunk sums
+          are added in float32 (exact below 2^24). uint8 elsewhere (AVX2 CPUs): |a - b| = max(a, b) - min(a, b)
+          stays a byte, sums of 16 (<= 4080) are taken in uint16 and the chunk sums in int32.
   * Other integer inputs: direct integer differences accumulated in int32 (int64 with jax_enable_x64); a
     range whose worst-case distance does not fit raises a ValueError instead of silently rounding.
   * Float inputs follow float semantics: L2 by the same matrix-product expansion in float32 (HIGHEST
@@ -480,7 +482,7 @@ def _kernel_for(metric: str, mode: ArithmeticMode, platform: str, dim: int, dist
                 return x
             return (x.astype(jnp.int32) - mode.offset).astype(jnp.uint8)
 
-        def kernel(qq, xx):
+        def byte_kernel(qq, xx):
             mq, d16 = qq.shape
             a, b = qq[:, :, None], xx[None, :, :]
             diff = jnp.maximum(a, b) - jnp.minimum(a, b)
@@ -491,7 +493,7 @@ def _kernel_for(metric: str, mode: ArithmeticMode, platform: str, dim: int, dist
         return _Kernel(
             lambda x: _micro_split(_pad_features(to_u8(x).T, _L1_U8_CHUNK, 0), _L1_MICRO_TRAIN),
             lambda q: _pad_features(to_u8(q), _L1_U8_CHUNK, 1),
-            lambda q, x: _micro_tiled(kernel, q, x, _L1_MICRO_QUERIES),
+            lambda q, x: _micro_tiled(byte_kernel, q, x, _L1_MICRO_QUERIES),
         )
 
     if metric == "l1" and mode.kind == "small_int" and dim * 255 < _L2_CHUNK_LIMIT:

@@ -158,6 +158,17 @@ def _xla_widest_vector_bits(dump_dir: str) -> int:
     return widest
 
 
+def _xla_probe_instructions(dump_dir: str) -> dict:
+    """What the probe kernel's machine code uses (binutils' objdump on XLA's dumped object files): 512-bit zmm
+    registers, native float16 arithmetic (vsubph), or float16 emulated through float32 (vcvtph2ps)."""
+    objects = glob.glob(os.path.join(dump_dir, "*isa_probe*.o"))
+    if not objects or shutil.which("objdump") is None:
+        return {}
+    text = subprocess.run(["objdump", "-d", *objects], capture_output=True, text=True).stdout
+    return {"xla_probe_uses_zmm": "zmm" in text, "xla_probe_native_fp16": "vsubph" in text,
+            "xla_probe_fp16_via_fp32": "vcvtph2ps" in text and "vsubph" not in text}
+
+
 def _openblas_core(faiss_module) -> str:
     """The OpenBLAS kernel family (e.g. "SapphireRapids", "Haswell") faiss's bundled OpenBLAS runs."""
     libs = glob.glob(os.path.join(os.path.dirname(faiss_module.__file__), "..", "faiss_cpu.libs", "libopenblas*"))
@@ -188,8 +199,14 @@ def main(argv=None):
                              "(LLVM otherwise prefers 256-bit ones), about 20%% faster L1 on AVX-512 CPUs")
     parser.add_argument("--isa", choices=("native", "avx2"), default="native",
                         help="avx2: emulate an AVX2-only CPU in XLA, YNNPACK, faiss and OpenBLAS (module docstring)")
+    parser.add_argument("--openblas_coretype", default=None,
+                        help="OPENBLAS_CORETYPE for faiss's bundled OpenBLAS (its L2 matrix products), e.g. SkylakeX: "
+                             "faiss-cpu 1.15.1 ships OpenBLAS 0.3.15, which does not know Sapphire Rapids and falls "
+                             "back to its SSE3 'Prescott' kernels there (recorded as isa.faiss_openblas_core)")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
+    if args.openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype
     probe_dir = tempfile.mkdtemp(prefix="knn_isa_probe_")
     xla_flags = [args.xla_flags, f"--xla_dump_to={probe_dir}", "--xla_dump_hlo_module_re=.*isa_probe.*"]
     if args.isa == "avx2":
@@ -212,6 +229,7 @@ def main(argv=None):
 
     isa_probe(jnp.ones((64, 4096), jnp.float16), jnp.ones((64, 4096), jnp.float16)).block_until_ready()
     isa["xla_widest_vector_bits"] = _xla_widest_vector_bits(probe_dir)
+    isa.update(_xla_probe_instructions(probe_dir))
     shutil.rmtree(probe_dir, ignore_errors=True)
     isa["cnnlab_l1_tile"] = jnp.dtype(knn.l1_tile_dtype("cpu")).name
     isa["cnnlab_l2_operands"] = jnp.dtype(knn.l2_operand_dtype("cpu")).name
@@ -221,8 +239,9 @@ def main(argv=None):
         isa["faiss_simd_level"] = faiss.SIMDConfig.get_level_name() if hasattr(faiss, "SIMDConfig") else "n/a"
         isa["faiss_compile_options"] = faiss.get_compile_options()
         isa["faiss_openblas_core"] = _openblas_core(faiss)
-    if args.isa == "avx2" and isa["xla_widest_vector_bits"] > 256:
-        raise SystemExit(f"--isa=avx2: XLA still generated {isa['xla_widest_vector_bits']}-bit vectors.")
+    if args.isa == "avx2" and (isa["xla_widest_vector_bits"] > 256 or isa.get("xla_probe_uses_zmm")
+                               or isa.get("xla_probe_native_fp16")):
+        raise SystemExit(f"--isa=avx2: XLA still generated AVX-512 code: {isa}")
     print("ISA settings:", json.dumps(isa), flush=True)
 
     train = data.load("fashion_mnist", "train", data_dir=args.data_dir)
