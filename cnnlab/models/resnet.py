@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnlab.models import common
+from cnnlab.models import common, winograd
 
 
 class BasicBlock(nn.Module):
@@ -137,33 +137,60 @@ ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BottleneckB
 
 
 class CifarBasicBlock(nn.Module):
-    """He et al. 2016 section 4.2 block: two 3x3 conv + BN; option-A (zero-pad) or option-B shortcut."""
+    """He et al. 2016 section 4.2 block: two 3x3 conv + BN; option-A (zero-pad) or option-B shortcut.
+
+    ``conv_impl`` "xla": NHWC arrays and ``nn.Conv``. "winograd": channel-major [C, H, W, N] arrays in and out
+    and ``winograd.WinogradConv`` for the 3x3 convolutions (option-B's 1x1 projections stay ``lax`` convolutions);
+    same parameters either way.
+    """
 
     features: int
     strides: int = 1
     shortcut: str = "A"
+    conv_impl: str = "xla"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = common.conv(self.features, 3, stride=self.strides, padding=1, use_bias=False, dtype=self.dtype,
-                        name="conv1")(x)
-        y = nn.relu(common.batch_norm(train, self.dtype, name="bn1")(y))
-        y = common.conv(self.features, 3, padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
-        y = common.batch_norm(train, self.dtype, name="bn2")(y)
+        channel_major = self.conv_impl == "winograd"
+        channel_axis = 0 if channel_major else -1
+        conv3x3 = functools.partial(_conv3x3, self.conv_impl, dtype=self.dtype)
+        batch_norm = functools.partial(common.batch_norm, train, self.dtype, axis=channel_axis)
+        y = conv3x3(self.features, self.strides, name="conv1")(x)
+        y = nn.relu(batch_norm(name="bn1")(y))
+        y = conv3x3(self.features, 1, name="conv2")(y)
+        y = batch_norm(name="bn2")(y)
         residual = x
-        if self.strides != 1 or x.shape[-1] != self.features:
+        in_features = x.shape[channel_axis]
+        if self.strides != 1 or in_features != self.features:
             if self.shortcut == "A":
                 # Parameter-free: take every stride-th pixel (what a 1x1 stride-2 identity conv sees) and
                 # zero-pad the extra channels, split evenly before and after as in the reference code.
-                residual = x[:, :: self.strides, :: self.strides, :]
-                extra = self.features - x.shape[-1]
-                residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+                extra = self.features - in_features
+                if channel_major:
+                    residual = x[:, :: self.strides, :: self.strides, :]
+                    residual = jnp.pad(residual, ((extra // 2, extra - extra // 2), (0, 0), (0, 0), (0, 0)))
+                else:
+                    residual = x[:, :: self.strides, :: self.strides, :]
+                    residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
             else:
-                residual = common.conv(self.features, 1, stride=self.strides, use_bias=False, dtype=self.dtype,
-                                       name="downsample_conv")(x)
-                residual = common.batch_norm(train, self.dtype, name="downsample_bn")(residual)
+                projection = common.conv(self.features, 1, stride=self.strides, use_bias=False, dtype=self.dtype,
+                                         name="downsample_conv")
+                residual = (winograd.to_channel_major(projection(winograd.to_nhwc(x))) if channel_major
+                            else projection(x))
+                residual = batch_norm(name="downsample_bn")(residual)
         return nn.relu(y + residual)
+
+
+CONV_IMPLS = ("xla", "winograd")
+
+
+def _conv3x3(conv_impl: str, features: int, stride: int, *, dtype: Any, name: str) -> nn.Module:
+    """A 3x3, padding 1, bias-free convolution module named ``name``: ``nn.Conv`` (NHWC) or Winograd (CHWN)."""
+    if conv_impl == "winograd":
+        return winograd.WinogradConv(features, strides=stride, layout="CHWN", dtype=dtype,
+                                     kernel_init=common.conv_kernel_init, name=name)
+    return common.conv(features, 3, stride=stride, padding=1, use_bias=False, dtype=dtype, name=name)
 
 
 class CifarResNet(nn.Module):
@@ -174,6 +201,9 @@ class CifarResNet(nn.Module):
       blocks_per_stage: n (3 for ResNet-20 ... 18 for ResNet-110).
       widths: channels of the three stages (16, 32, 64).
       shortcut: "A" (identity + zero padding, no parameters; the paper's CIFAR choice) or "B" (projections).
+      conv_impl: "xla" (``nn.Conv`` on NHWC arrays) or "winograd" (``cnnlab.models.winograd``: the network runs
+        on channel-major [C, H, W, N] arrays and its 3x3 convolutions are Winograd F(4x4, 3x3) batched matrix
+        products; the stride-2 ones take every other output). Same parameters, outputs within float rounding.
       input_channels: if set, the channel count the stem requires (checked); None accepts any at init.
       dtype: computation dtype; parameters are float32.
     """
@@ -182,6 +212,7 @@ class CifarResNet(nn.Module):
     blocks_per_stage: int
     widths: Sequence[int] = (16, 32, 64)
     shortcut: str = "A"
+    conv_impl: str = "xla"
     input_channels: int | None = None
     dtype: Any = jnp.float32
 
@@ -193,18 +224,25 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.shortcut not in ("A", "B"):
             raise ValueError(f"CifarResNet: shortcut must be 'A' or 'B', got {self.shortcut!r}.")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"CifarResNet: conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}.")
         x = common.checked_input(self, x, model_name="CifarResNet", min_size=self.min_size,
                                  input_channels=self.input_channels)
-        x = common.conv(self.widths[0], 3, padding=1, use_bias=False, dtype=self.dtype,
-                        name=common.STEM_CONV_NAME)(x)
-        x = nn.relu(common.batch_norm(train, self.dtype, name="stem_bn")(x))
+        channel_major = self.conv_impl == "winograd"
+        if channel_major:
+            # Channel-major from here to the pooling: one transpose of the small input instead of layout
+            # changes around every convolution and its gradients.
+            x = winograd.to_channel_major(x)
+        channel_axis = 0 if channel_major else -1
+        x = _conv3x3(self.conv_impl, self.widths[0], 1, dtype=self.dtype, name=common.STEM_CONV_NAME)(x)
+        x = nn.relu(common.batch_norm(train, self.dtype, axis=channel_axis, name="stem_bn")(x))
         for i, width in enumerate(self.widths):
             for j in range(self.blocks_per_stage):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = CifarBasicBlock(width, strides=strides, shortcut=self.shortcut, dtype=self.dtype,
-                                    name=f"stage{i + 1}_block{j + 1}")(x, train)
-            self.sow("intermediates", f"stage{i + 1}", x)
-        x = jnp.mean(x, axis=(1, 2))
+                x = CifarBasicBlock(width, strides=strides, shortcut=self.shortcut, conv_impl=self.conv_impl,
+                                    dtype=self.dtype, name=f"stage{i + 1}_block{j + 1}")(x, train)
+            self.sow("intermediates", f"stage{i + 1}", winograd.to_nhwc(x) if channel_major else x)
+        x = jnp.mean(x, axis=(1, 2)).T if channel_major else jnp.mean(x, axis=(1, 2))
         x = common.dense(self.num_classes, dtype=self.dtype, name="fc")(x)
         return common.classifier_output(x)
 
