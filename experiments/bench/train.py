@@ -1,6 +1,13 @@
 """Training throughput on CPU: cnnlab (JAX/Flax, the real training step) vs PyTorch eager, same run, same cores.
 
-    python -m experiments.bench.train [--threads=2] [--models=lenet5,resnet20] [--rounds=5]
+    python -m experiments.bench.train [--threads=2] [--models=lenet5,resnet20] [--rounds=5] [--conv_impls=xla]
+
+To measure an AVX2-only CPU's code paths on an AVX-512 machine, set before starting:
+``XLA_FLAGS=--xla_cpu_max_isa=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (PyTorch's convolutions
+run in oneDNN, which ignores ``ATEN_CPU_CAPABILITY`` and reads ``ONEDNN_MAX_CPU_ISA``). The JSON records these
+variables, the CPU's SIMD flags, the ISA oneDNN reports, ATen's capability, and a probe of whether XLA's matrix
+products (YNNPACK, which picks its kernels at run time) slow down under the limit, so a figure says what it
+measured; see ``isa_report``.
 
 For each model both frameworks train the same architecture (LeNet-5 with ReLU/max-pool on 28x28 inputs padded to
 32x32; the CIFAR ResNet-20 with option-A shortcuts on 32x32x3) with the same global batch (128), optimizer (SGD,
@@ -35,7 +42,7 @@ def _pin(threads: int) -> list[int]:
     return cpus
 
 
-def jax_runner(model_name: str, *, batch: int, steps_per_dispatch: int, steps: int):
+def jax_runner(model_name: str, *, batch: int, steps_per_dispatch: int, steps: int, conv_impl: str = "xla"):
     """A closure that trains ``steps`` steps of cnnlab's train step and blocks; returns (run, description)."""
     import jax
     import numpy as np
@@ -47,7 +54,7 @@ def jax_runner(model_name: str, *, batch: int, steps_per_dispatch: int, steps: i
 
     shape = (28, 28, 1) if model_name == "lenet5" else (32, 32, 3)
     mesh = parallel.make_data_mesh(jax.devices()[:1])
-    model = models.get(model_name, num_classes=10)
+    model = models.get(model_name, num_classes=10, **({} if conv_impl == "xla" else {"conv_impl": conv_impl}))
     tx = optax.sgd(0.01, momentum=0.9)
     state, shardings = state_lib.create_train_state(model, tx, seed=0, input_shape=shape, mesh=mesh)
     replicated = parallel.replicated(mesh)
@@ -150,6 +157,10 @@ def main(argv=None):
     parser.add_argument("--models", default="lenet5,resnet20")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--conv_impls", default="xla",
+                        help="comma-separated CIFAR ResNet conv_impl values to time (xla, winograd); 1 step/dispatch "
+                             "for those other than xla")
+    parser.add_argument("--tag", default="", help="suffix of the output file names, e.g. avx2")
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
 
@@ -160,7 +171,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     results = {"threads": args.threads, "cpus": cpus, "batch": args.batch, "rounds": args.rounds,
                "jax": jax.__version__, "torch": torch.__version__, "platform": platform.platform(),
-               "cpu": _cpu_name(), "load_average_before": os.getloadavg(), "models": {}}
+               "cpu": _cpu_name(), "isa": isa_report(), "load_average_before": os.getloadavg(), "models": {}}
     for model_name in args.models.split(","):
         steps = 20 if model_name == "lenet5" else 3
         variants = {
@@ -168,6 +179,10 @@ def main(argv=None):
             "cnnlab (10 steps/dispatch)": jax_runner(model_name, batch=args.batch, steps_per_dispatch=10,
                                                      steps=max(steps, 10)),
         }
+        if model_name != "lenet5":
+            for conv_impl in [c for c in args.conv_impls.split(",") if c and c != "xla"]:
+                variants[f"cnnlab conv_impl={conv_impl} (1 step/dispatch)"] = jax_runner(
+                    model_name, batch=args.batch, steps_per_dispatch=1, steps=steps, conv_impl=conv_impl)
         torch_run, torch_params = torch_runner(model_name, batch=args.batch, steps=steps)
         variants["pytorch eager"] = torch_run
         for run in variants.values():  # compile / warm up
@@ -189,7 +204,7 @@ def main(argv=None):
                   flush=True)
     results["load_average_after"] = os.getloadavg()
     os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"train_cpu_{args.threads}threads")
+    stem = os.path.join(args.out_dir, f"train_cpu_{args.threads}threads{'_' + args.tag if args.tag else ''}")
     with open(stem + ".json", "w") as f:
         json.dump(results, f, indent=2)
     with open(stem + ".md", "w") as f:
@@ -199,9 +214,14 @@ def main(argv=None):
 
 
 def markdown_table(results: dict) -> str:
-    lines = [f"Training images/s on {results['threads']} CPU thread(s) ({results['cpu']}), batch {results['batch']}, "
+    isa = results.get("isa", {})
+    lines = [f"Training images/s on {results['threads']} CPU thread(s) ({results['cpu']}; SIMD flags "
+             f"{', '.join(isa.get('cpu_simd_flags', [])) or 'unknown'}), batch {results['batch']}, "
              f"best of {results['rounds']} interleaved rounds; load average before/after "
-             f"{results['load_average_before'][0]:.1f}/{results['load_average_after'][0]:.1f}.", "",
+             f"{results['load_average_before'][0]:.1f}/{results['load_average_after'][0]:.1f}.",
+             f"XLA_FLAGS={isa.get('XLA_FLAGS')!r}, ATEN_CPU_CAPABILITY={isa.get('ATEN_CPU_CAPABILITY')!r}, "
+             f"ONEDNN_MAX_CPU_ISA={isa.get('ONEDNN_MAX_CPU_ISA')!r}; ATen capability {isa.get('aten_capability')}, "
+             f"oneDNN ISA {isa.get('onednn_isa')!r}; XLA matmul probe {isa.get('xla_matmul_probe')}.", "",
              "| model | implementation | images/s (best) | images/s (median) | ratio vs PyTorch |",
              "|---|---|---:|---:|---:|"]
     for model, entry in results["models"].items():
@@ -209,6 +229,71 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {model} | {name} | {value:,.0f} | {entry['images_per_s_median'][name]:,.0f} | "
                          f"{entry['ratio_best_vs_pytorch'][name]:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_fp16", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def isa_report() -> dict:
+    """What instruction sets each library was allowed and (where it says) really used in this process.
+
+    * the CPU's SIMD flags (/proc/cpuinfo) and the environment variables that limit them;
+    * ``aten_capability``: ``torch.backends.cpu.get_cpu_capability()`` (ATen's vectorised kernels);
+    * ``onednn_isa``: the ISA line oneDNN prints for a small convolution, read in a subprocess with
+      ``ONEDNN_VERBOSE=1`` and this environment (PyTorch's CPU convolutions run in oneDNN);
+    * ``xla_matmul_probe``: seconds (CPU time, best of 5) of a 1024^3 float32 matrix product under XLA in
+      this process and in a subprocess without ``--xla_cpu_max_isa``; about equal times under an AVX2 limit mean
+      XLA's matrix-product library (YNNPACK, dispatching on the CPU it finds) did not honour the limit, while
+      XLA's own generated loops do.
+    """
+    import subprocess
+
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    report = {"cpu_simd_flags": [f for f in _SIMD_FLAGS if f in flags],
+              "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+              "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+              "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+    import torch
+
+    report["aten_capability"] = torch.backends.cpu.get_cpu_capability()
+    onednn_probe = ("import torch, torch.nn.functional as F; "
+                    "F.conv2d(torch.randn(2, 16, 8, 8), torch.randn(16, 16, 3, 3), padding=1)")
+    try:
+        out = subprocess.run([sys.executable, "-c", onednn_probe], env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                             capture_output=True, text=True, timeout=120).stdout
+        isa_lines = [line.split("isa:", 1)[1].strip() for line in out.splitlines() if "isa:" in line]
+        kernels = sorted({part for line in out.splitlines() if ",convolution," in line
+                          for part in line.split(",") if part.startswith("jit:") or part.startswith("brg")})
+        report["onednn_isa"] = isa_lines[0] if isa_lines else None
+        report["onednn_conv_kernels"] = kernels
+    except (OSError, subprocess.SubprocessError) as e:
+        report["onednn_isa"] = f"probe failed: {e}"
+    matmul_probe = ("import time, jax, jax.numpy as jnp\n"
+                    "a = jnp.ones((1024, 1024)); f = jax.jit(lambda a: a @ a); f(a).block_until_ready()\n"
+                    "best = 1e9\n"
+                    "for _ in range(5):\n"
+                    "    t = time.process_time(); f(a).block_until_ready(); best = min(best, time.process_time() - t)\n"
+                    "print(best)\n")
+    probe = {}
+    for label, xla_flags in (("this_process_flags", report["XLA_FLAGS"]),
+                             ("without_max_isa", " ".join(f for f in report["XLA_FLAGS"].split()
+                                                          if not f.startswith("--xla_cpu_max_isa")))):
+        try:
+            out = subprocess.run([sys.executable, "-c", matmul_probe], capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}).stdout
+            probe[label] = float(out.split()[-1])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+            probe[label] = f"probe failed: {e}"
+    report["xla_matmul_probe"] = probe
+    return report
 
 
 def _cpu_name() -> str:
