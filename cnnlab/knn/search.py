@@ -273,6 +273,10 @@ def block_plan(
     qb = default_qb if query_block is None else check_block_size(query_block, "query_block")
     tb = default_tb if train_block is None else check_block_size(train_block, "train_block")
     qb = min(qb, n_queries)
+    if query_block is None:
+        # Equal query blocks (multiples of the L1 micro-tile): the last block is clamped to end at Q, so 300
+        # queries in blocks of 256 would compute 512 rows; two blocks of 160 compute 320.
+        qb = min(_round_up(-(-n_queries // -(-n_queries // qb)), _L1_MICRO_QUERIES), qb)
     unit = _GROUP
     tb = min(_round_up(tb, unit), _round_up(per_device, unit))
     while True:

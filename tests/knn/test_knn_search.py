@@ -250,3 +250,12 @@ def test_native_fp16_needs_the_cpu_flag_and_an_xla_isa_ceiling_above_avx2(monkey
     monkeypatch.setattr(search, "cpu_flags", lambda: frozenset(cpu_flags))
     assert search.cpu_has_native_fp16() is native
     assert knn.l1_tile_dtype("cpu") == (np.float16 if native else np.uint8)
+
+
+def test_default_query_blocks_are_balanced_so_the_clamped_last_block_recomputes_little():
+    # 300 queries: two blocks of 160 (320 rows computed), not 256 + a clamped 256 (512 rows).
+    assert knn.block_plan(60_000, 300, 784, k=10, metric="l2").query_block == 160
+    assert knn.block_plan(60_000, 1000, 784, k=10, metric="l2").query_block == 256
+    assert knn.block_plan(60_000, 300, 784, k=10, metric="l1").query_block == 64
+    assert knn.block_plan(60_000, 37, 784, k=10, metric="l2").query_block == 37
+    assert knn.block_plan(60_000, 300, 784, k=10, query_block=256).query_block == 256  # explicit sizes kept
