@@ -27,7 +27,11 @@ The methods run round robin
 (so a shared machine's changing load hits all alike), each 2 to --repeats times (not repeated beyond 2 once it used
 --budget_s seconds). It reports seconds (best run), queries per second, accuracy, whether the predictions equal
 scikit-learn's, the peak resident memory the method added, and every peer's time divided by cnnlab's (> 1:
-cnnlab is faster). Writes knn_bench.json and knn_bench.md into --out_dir and prints the table.
+cnnlab is faster); the JSON also keeps every run's wall and process-CPU seconds (seconds_all_runs,
+cpu_seconds_all_runs: CPU time is less sensitive to other jobs on a shared machine), the load average before
+and after, the CPU model, usable cores and vector flags, and the ISA each library ran (see --isa). For a
+one-core comparison, which OpenMP barriers under load do not distort, run it under `taskset -c 1` (faiss then
+uses 1 thread, XLA 1 worker). Writes knn_bench.json and knn_bench.md into --out_dir and prints the table.
 """
 
 from __future__ import annotations
@@ -109,7 +113,9 @@ def _cpu_info() -> dict:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"model": model, "cores": os.cpu_count(), "vector_flags": [f for f in _VECTOR_FLAGS if f in flags]}
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": model, "cores": os.cpu_count(), "cores_usable": usable,  # usable: e.g. under taskset -c 1
+            "vector_flags": [f for f in _VECTOR_FLAGS if f in flags]}
 
 
 _YNN_FLAGS = "_ZZN3ynn24get_supported_arch_flagsEvE5flags"  # static uint64 feature mask
@@ -355,7 +361,7 @@ def main(argv=None):
         "train_size": int(len(train_x)),
         "queries": args.queries,
         "k": args.k,
-        "device": f"{jax.devices()[0].platform}: {cpu['model']}, {cpu['cores']} cores",
+        "device": f"{jax.devices()[0].platform}: {cpu['model']}, {cpu['cores_usable']} of {cpu['cores']} cores",
         "cpu": cpu,
         "isa": isa,
         "emulation": None if args.isa == "native" else
