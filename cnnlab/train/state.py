@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from cnnlab import parallel
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
 class FrozenStatsTransformation(optax.GradientTransformation):
@@ -27,7 +28,6 @@ class FrozenStatsTransformation(optax.GradientTransformation):
     The optimizer is the one object the training step receives from the config, so the flag travels with it."""
 
     freeze_batch_stats = True
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
 @flax.struct.dataclass

@@ -141,10 +141,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMet
     count = jnp.maximum(mask.sum(), 1.0)
 
     # config.init_freeze (state.FrozenStatsTransformation): BN uses and keeps its running statistics in training.
-    interceptors = (_running_average_batch_norm,) if getattr(tx, "freeze_batch_stats", False) else ()
+    freeze_batch_stats = getattr(tx, "freeze_batch_stats", False)
 
     def loss_fn(params):
-        with nn.intercept_methods(*interceptors) if interceptors else contextlib.nullcontext():
+        with nn.intercept_methods(_running_average_batch_norm) if freeze_batch_stats else contextlib.nullcontext():
             outputs, updates = model.apply(_variables(params, state.batch_stats), images, train=True,
                                            mutable=["batch_stats"], rngs={"dropout": dropout_key})
         aux = ()
