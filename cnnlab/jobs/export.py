@@ -113,8 +113,10 @@ def export_trained(trained: predict_lib.TrainedModel, *, platforms: Sequence[str
                      f"round({height} * 256 / 224), centre {height}x{width} crop" if prep.encoded else
                      f"image -> {'grey (L)' if channels == 1 else 'RGB'}, resized to {height}x{width} "
                      "(PIL bilinear)"),
-            "in_model": (f"zero-pad to {prep.model_shape[0]}x{prep.model_shape[1]}, " if
-                         prep.model_shape[:2] != prep.input_shape[:2] else "") + "(x / 255 - mean) / std",
+            "in_model": (f"zero-pad to {prep.padded_shape[0]}x{prep.padded_shape[1]}, " if
+                         prep.padded_shape[:2] != prep.input_shape[:2] else "") + "(x / 255 - mean) / std"
+                        + (f", bilinear resize to {prep.model_shape[0]}x{prep.model_shape[1]}"
+                           if prep.padded_shape[:2] != prep.model_shape[:2] else ""),
             "mean": list(prep.mean), "std": list(prep.std), "summary": prep.describe()},
         "platforms": list(exported.platforms),
         "calling_convention_version": exported.calling_convention_version,

@@ -59,8 +59,9 @@ class Preprocessing:
     """How an image file becomes the uint8 input of a trained model, and how the model normalises it.
 
     input_shape: (H, W, C) of the uint8 image the host produces (the dataset's native size for in-memory
-      datasets, the crop size for encoded-image ones). model_shape: (H', W', C) after the device-side zero
-      padding (``config.image_size``), what the network sees. mean, std: per channel, [0, 1] pixel units.
+      datasets, the crop size for encoded-image ones). model_shape: (H', W', C) what the network sees, after the
+      device-side zero padding to pad_shape (``config.image_size``) and the bilinear resize to model_shape
+      (``config.image_resize``). mean, std: per channel, [0, 1] pixel units.
     encoded: True for encoded-image datasets (centre-crop view), False for in-memory ones (plain resize).
     """
 
@@ -70,6 +71,11 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     encoded: bool
+    pad_shape: tuple[int, int, int] | None = None  # None: model_shape (no resize)
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pad_shape) if self.pad_shape is not None else tuple(self.model_shape)
 
     @property
     def channels(self) -> int:
@@ -84,8 +90,10 @@ class Preprocessing:
                     f"centre {height}x{width} crop")
         else:
             host = f"{colour}; resized to {height}x{width} (bilinear, antialiased, aspect ratio not kept)"
-        pad = (f"; zero-padded to {self.model_shape[0]}x{self.model_shape[1]}"
-               if self.model_shape[:2] != self.input_shape[:2] else "")
+        padded = self.padded_shape
+        pad = (f"; zero-padded to {padded[0]}x{padded[1]}" if padded[:2] != self.input_shape[:2] else "")
+        if padded[:2] != self.model_shape[:2]:
+            pad += f"; resized to {self.model_shape[0]}x{self.model_shape[1]} (bilinear)"
         return f"{host}{pad}; (pixel / 255 - mean) / std with mean {_rounded(self.mean)}, std {_rounded(self.std)}"
 
     def load(self, path: str, *, invert: bool = False) -> np.ndarray:
@@ -109,7 +117,7 @@ class Preprocessing:
     def normalise(self, images: jax.Array) -> jax.Array:
         """uint8 [N, H, W, C] (``input_shape``) -> float32 [N, H', W', C] (``model_shape``), as evaluation does."""
         return steps_lib.preprocess(images, None, mean=self.mean, std=self.std, augment=False,
-                                    image_size=self.model_shape[:2])
+                                    image_size=self.padded_shape[:2], resize=self.model_shape[:2])
 
 
 def _rounded(values) -> list[float]:
@@ -370,7 +378,8 @@ def load_trained(workdir: str, *, seed: int | None = None) -> TrainedModel:
         input_shape = model_shape if encoded else native_shape
         preprocessing = Preprocessing(dataset=meta["dataset"], input_shape=input_shape, model_shape=model_shape,
                                       mean=tuple(float(v) for v in mean),
-                                      std=tuple(float(v) for v in std), encoded=encoded)
+                                      std=tuple(float(v) for v in std), encoded=encoded,
+                                      pad_shape=tuple(int(v) for v in meta.get("pad_shape", model_shape)))
         model = models.get(meta["model"], num_classes=int(meta["num_classes"]), dtype=DTYPES[dtype],
                            **(meta.get("model_overrides") or {}))
         expected = jax.eval_shape(lambda key: model.init(key, jnp.zeros((1, *model_shape), jnp.float32),

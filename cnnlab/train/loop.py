@@ -133,7 +133,7 @@ def validate_config(config) -> None:
     for name in ("eval_batch_size", "log_every_steps", "steps_per_dispatch", "keep_checkpoints"):
         if name in config:
             integer(name)
-    for name in ("num_devices", "image_size", "augment_pad"):
+    for name in ("num_devices", "image_size", "augment_pad", "image_resize"):
         if name in config:
             integer(name, minimum=0)
     if config.num_epochs == 0 and config.num_train_steps == 0:
@@ -195,10 +195,11 @@ class Run:
     shardings: Any
     steps_per_epoch: int
     total_steps: int
-    image_shape: tuple
+    image_shape: tuple  # (H, W, C) the model sees
     meta: dict
     eval_fn: Any
     is_chief: bool
+    pad_shape: tuple = ()  # (H, W, C) after zero-padding (config.image_size), before config.image_resize
 
     @property
     def num_epochs(self) -> int:
@@ -232,7 +233,9 @@ def setup(config) -> Run:
     size = int(config.get("image_size", 0) or 0)
     if size and (size < height or size < width):
         raise ValueError(f"config.image_size={size} is smaller than the {height}x{width} images; it only pads.")
-    image_shape = (size, size, channels) if size else (height, width, channels)
+    pad_shape = (size, size, channels) if size else (height, width, channels)
+    resize = int(config.get("image_resize", 0) or 0)
+    image_shape = (resize, resize, channels) if resize else pad_shape  # what the model sees
 
     overrides = model_overrides(config)
     model = models.get(config.model, num_classes=info.num_classes, dtype=DTYPES[config.dtype], **overrides)
@@ -249,12 +252,14 @@ def setup(config) -> Run:
             # What predictions and exports need to apply this run's preprocessing without the prepared data.
             "mean": [float(v) for v in info.mean], "std": [float(v) for v in info.std],
             "class_names": list(info.class_names), "streamed": feed.streaming,
-            "encoded_images": None in tuple(info.image_shape), "input_shape": list(feed.image_shape)}
+            "encoded_images": None in tuple(info.image_shape), "input_shape": list(feed.image_shape),
+            "pad_shape": list(pad_shape)}
     eval_fn = steps_lib.make_eval_fn(parallel.replicated(mesh), model=model, num_classes=info.num_classes,
-                                     mean=tuple(info.mean), std=tuple(info.std), image_size=image_shape[:2])
+                                     mean=tuple(info.mean), std=tuple(info.std), image_size=pad_shape[:2],
+                                     resize=image_shape[:2])
     return Run(config=config, mesh=mesh, feed=feed, info=info, model=model,
                schedule=schedule, tx=tx, state=state, shardings=shardings, steps_per_epoch=steps_per_epoch,
-               total_steps=total_steps, image_shape=image_shape, meta=meta, eval_fn=eval_fn,
+               total_steps=total_steps, image_shape=image_shape, pad_shape=pad_shape, meta=meta, eval_fn=eval_fn,
                is_chief=jax.process_index() == 0)
 
 
@@ -403,7 +408,8 @@ def train(run: Run, state, checkpoints: checkpoint_lib.Checkpoints, sink: Metric
         run.shardings, replicated, model=run.model, tx=run.tx, num_classes=run.info.num_classes,
         mean=tuple(run.info.mean), std=tuple(run.info.std), augment=bool(config.augment) and run.feed.device_augment,
         flip=bool(config.get("augment_flip", True)), pad=int(config.get("augment_pad", 4)),
-        label_smoothing=float(config.get("label_smoothing", 0.0)), image_size=run.image_shape[:2])
+        label_smoothing=float(config.get("label_smoothing", 0.0)), image_size=run.pad_shape[:2],
+        resize=run.image_shape[:2])
 
     step, spe, total = resumed.step, run.steps_per_epoch, run.total_steps
     per_dispatch = int(config.get("steps_per_dispatch", 1))
@@ -541,7 +547,7 @@ def feature_maps_of(run: Run, state, image: np.ndarray) -> dict[str, np.ndarray]
     from cnnlab.report import feature_maps  # only the report needs it
 
     x = steps_lib.preprocess(jnp.asarray(image[None]), None, mean=tuple(run.info.mean), std=tuple(run.info.std),
-                             augment=False, image_size=run.image_shape[:2])
+                             augment=False, image_size=run.pad_shape[:2], resize=run.image_shape[:2])
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats

@@ -92,16 +92,22 @@ def pad_to_size(images: jax.Array, image_size: Sequence[int] | None) -> jax.Arra
 
 
 def preprocess(images: jax.Array, key: jax.Array | None, *, mean: Sequence[float], std: Sequence[float],
-               augment: bool, pad: int = 4, flip: bool = True, image_size: Sequence[int] | None = None) -> jax.Array:
+               augment: bool, pad: int = 4, flip: bool = True, image_size: Sequence[int] | None = None,
+               resize: Sequence[int] | None = None) -> jax.Array:
     """uint8 [B, H, W, C] -> float32 normalised images [B, H', W', C], randomly cropped/flipped when ``augment``.
 
     ``image_size`` zero-pads small images (e.g. 8x8 digits for a 28x28 model). Padding and augmentation work on
-    the raw pixels, so their padding is black (0), as in the CIFAR papers.
+    the raw pixels, so their padding is black (0), as in the CIFAR papers. ``resize`` (H'', W'') then resizes
+    bilinearly (``config.image_resize``: 28x28 Fashion-MNIST upsampled for an ImageNet-pretrained network); it
+    is applied after the per-channel normalisation, which it commutes with (its weights sum to 1).
     """
     images = pad_to_size(images, image_size)
     if augment:
         images = pipeline.augment(key, images, pad=pad, flip=flip)
-    return pipeline.normalize(images, mean, std, dtype=jnp.float32)
+    images = pipeline.normalize(images, mean, std, dtype=jnp.float32)
+    if resize is not None and tuple(resize) != tuple(images.shape[1:3]):
+        images = jax.image.resize(images, (images.shape[0], *resize, images.shape[3]), method="bilinear")
+    return images
 
 
 def _variables(params, batch_stats):
@@ -125,7 +131,8 @@ def _running_average_batch_norm(next_fun, args, kwargs, context):
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMetrics, *, model, tx,
                num_classes: int, mean, std, augment: bool, flip: bool, label_smoothing: float,
-               image_size: Sequence[int] | None = None, pad: int = 4, aux_loss_weight: float = 0.3) -> tuple[TrainState, TrainMetrics]:
+               image_size: Sequence[int] | None = None, pad: int = 4, aux_loss_weight: float = 0.3,
+               resize: Sequence[int] | None = None) -> tuple[TrainState, TrainMetrics]:
     """One optimizer step on one global batch.
 
     batch: {"image": uint8 [B, H, W, C], "label": int32 [B], "mask": bool [B]}. The loss is the mean over the
@@ -135,7 +142,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], metrics: TrainMet
     step_key = jax.random.fold_in(state.rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     images = preprocess(batch["image"], augment_key, mean=mean, std=std, augment=augment, pad=pad, flip=flip,
-                        image_size=image_size)
+                        image_size=image_size, resize=resize)
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     count = jnp.maximum(mask.sum(), 1.0)
@@ -192,9 +199,11 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], metrics: Train
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], metrics: EvalMetrics, *, model, num_classes: int,
-              mean, std, image_size: Sequence[int] | None = None) -> EvalMetrics:
+              mean, std, image_size: Sequence[int] | None = None,
+              resize: Sequence[int] | None = None) -> EvalMetrics:
     """Adds one batch's loss, top-1/top-5 hits and confusion counts (masked rows only) to ``metrics``."""
-    images = preprocess(batch["image"], None, mean=mean, std=std, augment=False, image_size=image_size)
+    images = preprocess(batch["image"], None, mean=mean, std=std, augment=False, image_size=image_size,
+                        resize=resize)
     logits = model.apply(_variables(state.params, state.batch_stats), images, train=False)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]

@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_split = "train"
     c.eval_split = "test"                  # evaluated after every epoch; "best" checkpoint = best accuracy here
     c.image_size = 0                       # >0: zero-pad images to image_size x image_size on device
+    c.image_resize = 0                     # >0: then resize (bilinear, on device) to image_resize x image_resize
     c.augment = False                      # random crop (zero padding 4) + horizontal flip, on device
     c.augment_pad = 4                      # crop offsets: up to this many pixels (0: flips only)
     c.augment_flip = True
@@ -64,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Seeds and determinism (docs/seeds.md).
     c.seeds = 1                            # N > 1: run seeds seed, seed+1, ..., seed+N-1 into workdir/seed_<n>/ and
                                            # aggregate (mean, std, CI) in workdir/results.json and report.md
-    c.seeds_stacked = False                # N > 1: train the N seeds in one program (cnnlab.train.stacked;
+    c.seeds_stacked = False                # N > 1: train the N seeds together (cnnlab.train.stacked;
                                            # pays on accelerators, not on CPU: docs/seeds.md)
     c.deterministic = False                # GPU: XLA's deterministic ops (slower); CPU runs are deterministic anyway
     # Loop, checkpoints, logging.

@@ -12,15 +12,17 @@ or a cnnlab workdir; ``:freeze=backbone`` trains the new 10-class head only (a l
 
 Recipe: the ImageNet architecture unchanged (7x7/2 stem and max-pool, as the weights expect), its 1000-class head
 replaced by a fresh 10-class one, SGD momentum 0.9 (Nesterov), lr 0.01 with a cosine decay over 15 epochs, weight
-decay 5e-4, batch 128, crop + flip augmentation, the data's own per-channel normalisation. The images are fed at
-their own 32x32: cnnlab's in-memory training path zero-pads (config.image_size) but does not resize, so the stem
-reduces them to 8x8 before the first stage and the last stage works on 1x1 maps.
+decay 5e-4, batch 128, crop + flip augmentation (at 32x32), the data's own per-channel normalisation. The images
+are upsampled on the device to 224x224 (``config.image_resize``, bilinear, after the augmentation), the size the
+ImageNet weights were trained at; ``:size=N`` picks another (``size=32``: no resize, 49 times cheaper, but the stem
+then reduces the images to 8x8 before the first stage).
 Expected with ImageNet weights: not measured here (neither CIFAR-10 nor the ImageNet weights can be had on the
 development machine). For orientation, fine-tuned ImageNet ResNet-18s are commonly reported near 95% on CIFAR-10
-with inputs upsampled to 224x224 (a resize step cnnlab's in-memory path lacks); at 32x32 expect clearly less,
-and compare with the same recipe without weights (``--config.init_from=''``) to see what they bring. A GPU run.
+with inputs upsampled to 224x224; compare with the same recipe without weights (``--config.init_from=''``) to see
+what they bring. About 5.5 GFLOP per training image at 224x224: a GPU run.
 
-``:runlocal`` checks the plumbing on sklearn's digits (bundled, 8x8 grey, zero-padded to 32x32): the converted
+``:runlocal`` checks the plumbing on sklearn's digits (bundled, 8x8 grey, zero-padded to 32x32, upsampled to
+64x64): the converted
 weights load (the log prints the replaced head and the first convolution summed over its three input channels
 for the one-channel images), 40 steps of batch 32 run, and the test loss and accuracy are written. Its accuracy
 says little about the weights (40 steps; with randomly initialised torchvision weights, converted,
@@ -34,14 +36,16 @@ from experiments.configs import common
 DEFAULT_WEIGHTS = os.path.join("~", ".cache", "cnnlab", "weights", "resnet18.npz")
 
 
-def finetune_config(dataset: str, arg, *, config_name: str, num_epochs: int, image_size: int):
+def finetune_config(dataset: str, arg, *, config_name: str, num_epochs: int, image_size: int, resize: int):
     """The fine-tuning recipe shared by the resnet18_finetune_* configs (see the docstrings)."""
-    args = common.parse_arg(arg, flags=("runlocal", "bf16"), options={"weights": str, "freeze": str},
+    args = common.parse_arg(arg, flags=("runlocal", "bf16"), options={"weights": str, "freeze": str, "size": int},
                             config=config_name)
     c = common.base_config()
     c.dataset = dataset
     c.model = "resnet18"
     c.image_size = image_size
+    size = args.options.get("size", resize)
+    c.image_resize = 0 if size <= max(image_size, 32) else size  # no resize at (or below) the padded size
     c.init_from = os.path.expanduser(args.options.get("weights", DEFAULT_WEIGHTS))
     c.init_freeze = args.options.get("freeze", "none")
     c.num_epochs = num_epochs
@@ -61,6 +65,7 @@ def finetune_config(dataset: str, arg, *, config_name: str, num_epochs: int, ima
     if "runlocal" in args:
         c.dataset = "digits"
         c.image_size = 32
+        c.image_resize = 64
         c.augment_pad = 2
         c.augment_flip = False  # mirrored digits are other symbols
         c.eval_batch_size = 359
@@ -69,4 +74,5 @@ def finetune_config(dataset: str, arg, *, config_name: str, num_epochs: int, ima
 
 
 def get_config(arg=None):
-    return finetune_config("cifar10", arg, config_name="resnet18_finetune_cifar10.py", num_epochs=15, image_size=0)
+    return finetune_config("cifar10", arg, config_name="resnet18_finetune_cifar10.py", num_epochs=15, image_size=0,
+                           resize=224)

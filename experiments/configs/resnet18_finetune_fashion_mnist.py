@@ -6,12 +6,14 @@
         --workdir=/tmp/cnnlab/resnet18_finetune_fmnist
 
 The recipe of resnet18_finetune_cifar10.py (same arguments: ``:weights=PATH``, ``:freeze=backbone|batch_stats``,
-``:bf16``, ``:runlocal``), on Fashion-MNIST's 28x28 grey images zero-padded to 32x32 and 10 epochs. The images have
+``:bf16``, ``:runlocal``, ``:size=N``), on Fashion-MNIST's 28x28 grey images zero-padded to 32x32, upsampled on
+the device to 128x128 (``config.image_resize``; 224 costs three times more), and 10 epochs. The images have
 one channel: the ImageNet first convolution is summed over its three input channels when the weights are loaded
 (the same response as the 3-channel model on the grey image copied into three channels), as the log says.
-Expected with ImageNet weights: not measured (no ImageNet weights here; about 0.15 GFLOP per image, a GPU run);
+Expected with ImageNet weights: not measured (no ImageNet weights here; about 1.8 GFLOP per training image at
+128x128, a GPU run);
 compare with the same recipe without weights (``--config.init_from=''``) and with resnet18_fashion_mnist.py (the
-small-input stem from scratch, about 95%): at 32x32 the ImageNet stem may cost more than the weights bring.
+small-input stem from scratch, about 95%).
 
 ``:runlocal`` checks the plumbing on sklearn's digits exactly as resnet18_finetune_cifar10.py's does.
 """
@@ -21,4 +23,4 @@ from experiments.configs.resnet18_finetune_cifar10 import finetune_config
 
 def get_config(arg=None):
     return finetune_config("fashion_mnist", arg, config_name="resnet18_finetune_fashion_mnist.py", num_epochs=10,
-                           image_size=32)
+                           image_size=32, resize=128)
