@@ -282,7 +282,8 @@ def _significance_markdown(comparison: Mapping, level: float = 0.05) -> list[str
         lines.append("")
     if comparison.get("mcnemar"):
         first = comparison["mcnemar"][0]["seed"]
-        lines += [f"McNemar's exact test on the test images{f' (seed {first} of each method)' if first is not None else ''}: "
+        which = f" (seed {first} of each method)" if first is not None else ""
+        lines += [f"McNemar's exact test on the test images{which}: "
                   "images only a got right, only b got right, two-sided p:", "",
                   "| a | b | only a right | only b right | p | real? |", "|---|---|---|---|---|---|"]
         for t in comparison["mcnemar"]:

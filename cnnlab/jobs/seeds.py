@@ -26,9 +26,10 @@ dropout draws; kNN's cross-validation folds and subsample; the classical pipelin
 part and model seeds). What does not: the test images. For kNN and the classical pipeline, whose test subset is
 drawn by seed, every seed uses the subset of ``config.seed`` (``test_subset_seed``), so per-image statistics pair.
 
-Train jobs with ``config.seeds_stacked=True`` train the N seeds in one program (``cnnlab.train.stacked``): same
-per-seed files, one shared checkpoint; every seed's ``timing.train_s`` is then the time of the whole stacked
-program (``details.stacked_seeds`` says so).
+Train jobs with ``config.seeds_stacked=True`` train the N seeds together (``cnnlab.train.stacked``: one program
+with vmap on accelerators, the single runs' programs interleaved on CPU): same per-seed files, one shared
+checkpoint; every seed's ``timing.train_s`` is then the time of the whole stacked run (``details.stacked_seeds``
+and ``details.stacked_strategy`` say so).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def aggregate(config, wd: workdir_lib.Workdir, seeds: Sequence[int], *, wall_s: 
 
 
 def run_stacked(config, wd: workdir_lib.Workdir, seeds: Sequence[int]) -> None:
-    """Trains the seeds in one vmapped program (``cnnlab.train.stacked``) and writes each seed's single-run
+    """Trains the seeds together (``cnnlab.train.stacked``) and writes each seed's single-run
     files (config.json, metrics.jsonl, results.json, predictions.npy, tensorboard/, report.md) into seed_<n>/.
 
     The stacked checkpoints live in ``wd``'s checkpoints/; a rerun resumes from them, and one whose checkpoint is
@@ -264,7 +265,7 @@ def run_stacked(config, wd: workdir_lib.Workdir, seeds: Sequence[int]) -> None:
         for index, (seed_wd, single, seed_outcome) in enumerate(zip(seed_wds, singles, outcome.per_seed)):
             seed_run = dataclasses.replace(srun.run, config=single)
             results = train_job._results(seed_run, seed_outcome, wall_s)
-            results["details"].update(stacked_seeds=len(seeds), stacked_index=index,
+            results["details"].update(stacked_seeds=len(seeds), stacked_index=index, stacked_strategy=srun.strategy,
                                       stacked_checkpoints=os.path.relpath(checkpoints.directory, seed_wd.path))
             if not wd.is_chief:
                 continue

@@ -34,7 +34,8 @@ A run over several seeds (``config.seeds`` = N > 1, ``cnnlab.jobs.seeds``) write
               "metrics": {name: {"n", "mean", "std", "min", "max", "ci_low", "ci_high", "confidence",
                                  "deterministic"}},        # cnnlab.report.stats.Summary of each metric
               "per_seed": {name: [float | None, ...]},      # the values the summaries come from, seed by seed
-              "accuracy_bootstrap": {"low", "high", "confidence", "resamples"} | None,   # from predictions.npy
+              "accuracy_bootstrap": {"low", "high", "confidence", "resamples", "test_images"} | None,
+                                                            # over the test images, from predictions.npy
               "params_sha256": [str | None, ...]}           # each seed's final parameters
 
 The section is optional, so records without it (every single run) keep ``schema_version`` 1.
@@ -267,7 +268,8 @@ def _check_seeds_section(section, source: str) -> None:
         raise ValueError(f"{source}: seeds.metrics must hold at least the test_accuracy summary.")
     for name, summary in metrics.items():
         for field in ("mean", "std", "min", "max"):
-            _number(summary.get(field) if isinstance(summary, Mapping) else None, f"{source}: seeds.metrics.{name}.{field}")
+            _number(summary.get(field) if isinstance(summary, Mapping) else None,
+                    f"{source}: seeds.metrics.{name}.{field}")
 
 
 def tree_sha256(tree) -> str:

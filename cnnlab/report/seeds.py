@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 
 from cnnlab.report import comparison, curves, stats
 
-_NAMES = {"test_accuracy": ("test accuracy", 100.0, "%", 2), "test_top5_accuracy": ("test top-5 accuracy", 100.0, "%", 2),
+_NAMES = {"test_accuracy": ("test accuracy", 100.0, "%", 2),
+          "test_top5_accuracy": ("test top-5 accuracy", 100.0, "%", 2),
           "test_loss": ("test loss", 1.0, "", 4), "train_s": ("training time", 1.0, " s", 1),
           "inference_s_per_1000": ("inference s / 1,000 images", 1.0, " s", 4)}
 

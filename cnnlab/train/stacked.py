@@ -1,4 +1,4 @@
-"""N seeds of one training run in ONE program: states stacked on a leading seed axis, one step for all seeds.
+"""N seeds of one training run trained together: states stacked on a leading seed axis, one loop for all seeds.
 
     srun = setup(config, seeds=[0, 1, 2, 3, 4])                  # config.seed == seeds[0]
     with loop.open_checkpoints(srun.run, "runs/x/checkpoints") as checkpoints:
@@ -10,24 +10,32 @@ What is stacked: the TrainState (params, batch statistics, optimizer state, step
 axis of length N), the running metrics, and each step's batches ``[N, B, H, W, C]``: seed i's batch is exactly the
 one its single run would take at that step (its feed with its own seed: the order
 ``pipeline.epoch_permutation(N_examples, seed=seed_i, epoch)``). Seed i's state is created by
-``state.create_train_state(seed=seed_i)``, as its single run does, and every step is ``steps.train_step`` per seed
-inside one jitted program, in one of two ways (``STRATEGIES``):
+``state.create_train_state(seed=seed_i)``, as its single run does, and every step runs ``steps.train_step`` for
+each seed, in one of three ways (``STRATEGIES``):
 
-- "vmap": ``jax.vmap(steps.train_step)``: batched convolutions and matrix products, the form accelerators run
-  best. They may sum in another order than the single run's: on LeNet-5/digits after 20 steps every parameter is
-  within 6e-8 (absolute, float32) of the single run's (tests/train/test_stacked.py checks <= 1e-6).
-- "unrolled": the single step written N times into the program, one per seed's slice: bit-identical to the
-  single runs (tested: equal parameters and metrics records). The default on CPU.
+- "vmap": one program, ``jax.vmap(steps.train_step)``: batched convolutions and matrix products, the form an
+  accelerator runs best (one small model leaves most of it idle). They may sum in another order than the single
+  run's: on LeNet-5/digits after 20 steps every parameter is within 6e-8 (absolute, float32) of the single run's
+  (tests/train/test_stacked.py checks <= 1e-6). The default on accelerators.
+- "unrolled": one program holding the single step N times, one per seed's slice, each copy ordered after the
+  previous one (an optimization barrier): bit-identical to the single runs (tested).
+- "interleaved": the single run's own jitted step called once per seed (N dispatches per step, between one split
+  and one stack program): bit-identical to the single runs (tested), and on CPU it costs what N runs cost. The
+  default on CPU.
 
-Cost on CPU (experiments/bench/seeds.py, LeNet-5/MNIST, 5 seeds, 2 Xeon cores under a load average of 12-13 from
-other jobs): stacking did not pay there, 0.41x (vmap) and 0.57x (unrolled) the speed of 5 sequential runs, so
-``config.seeds_stacked`` is off by default and meant for accelerators, where one small model leaves most of the
-device idle. Either way the stacked run is bit-reproducible on its own: the same config and seeds give the same
-hashes, and a resumed stacked run ends with the uninterrupted one's parameter hashes (tested).
+Measured on CPU (experiments/bench/seeds.py: LeNet-5/MNIST, batch 128, 5 seeds, 2 Intel Xeon (Sapphire Rapids
+class) cores shared with other jobs at a load average of 9-13, so noisy): relative to 5 sequential runs, vmap ran
+at 0.41x (20 steps, 1 round), unrolled at 0.39x without the barrier (150 steps, best of 3) and 0.64x with it
+(60 steps, best of 2), and
+interleaved at 0.73x (median of 3 rounds of 100 steps; 1.46x in its best round), i.e. within this machine's noise
+of the sequential runs it repeats. On 2 CPU cores a LeNet-5 step already keeps the cores busy, so one program
+has nothing to fill there; ``config.seeds_stacked`` is off by default. The stacked run is bit-reproducible on its
+own either way: same config and seeds, same hashes; a resumed stacked run ends with the uninterrupted one's
+parameter hashes (tested).
 
 Checkpoints: one per step of the whole stacked state, in the seeds run's ``workdir/checkpoints`` (the loop's
-Orbax ``Checkpoints``, unchanged); its meta carries the seeds and the config fingerprint (which includes
-``seeds`` and ``seed``), so a resume under other seeds is refused with the fields named. ``restore_latest``
+Orbax ``Checkpoints``, unchanged); its meta carries the seeds and the config fingerprint, so a resume under other
+seeds or another config is refused with the differences named. ``restore_latest``
 restores it like ``loop.restore_latest`` restores a single run's, against the stacked state and shardings.
 Steps per dispatch are always 1 here (``config.steps_per_dispatch`` does not change the arithmetic).
 """
@@ -53,7 +61,7 @@ from cnnlab.train import state as state_lib
 from cnnlab.train import steps as steps_lib
 
 
-STRATEGIES = ("vmap", "unrolled")
+STRATEGIES = ("vmap", "unrolled", "interleaved")
 
 
 @dataclasses.dataclass
@@ -121,7 +129,8 @@ def setup(config, seeds: Sequence[int], strategy: str | None = None) -> StackedR
     info = run.info
     step = functools.partial(
         steps_lib.train_step, model=run.model, tx=run.tx, num_classes=info.num_classes, mean=tuple(info.mean),
-        std=tuple(info.std), augment=bool(config.augment) and run.feed.device_augment, flip=bool(config.get("augment_flip", True)),
+        std=tuple(info.std), augment=bool(config.augment) and run.feed.device_augment,
+        flip=bool(config.get("augment_flip", True)),
         pad=int(config.get("augment_pad", 4)), label_smoothing=float(config.get("label_smoothing", 0.0)),
         image_size=run.image_shape[:2])
     evaluate_one = functools.partial(steps_lib.eval_step, model=run.model, num_classes=info.num_classes,
@@ -131,20 +140,37 @@ def setup(config, seeds: Sequence[int], strategy: str | None = None) -> StackedR
         per_seed_step = jax.vmap(step)
         # One eval batch, shared by every seed (in_axes None): the test images are the same for all.
         per_seed_eval = jax.vmap(evaluate_one, in_axes=(0, None, 0))
-    elif strategy == "unrolled":
+    elif strategy in ("unrolled", "interleaved"):
         per_seed_step = _unrolled(step, len(seeds), shared=())
         per_seed_eval = _unrolled(evaluate_one, len(seeds), shared=(1,))
     else:
         raise ValueError(f"Unknown stacking strategy {strategy!r}; known: {list(STRATEGIES)}.")
     train_fn = jax.jit(per_seed_step, donate_argnums=(0, 2), out_shardings=(shardings, replicated))
+    if strategy == "interleaved":
+        train_fn = _interleaved(step, len(seeds), base.shardings, replicated)
     eval_fn = jax.jit(per_seed_eval, donate_argnums=(2,), out_shardings=replicated)
     return StackedRun(run=run, seeds=seeds, feeds=[_seed_feed(run.feed, seed) for seed in seeds], train_fn=train_fn,
                       eval_fn=eval_fn, strategy=strategy)
 
 
 def default_strategy() -> str:
-    """"unrolled" on CPU, "vmap" on accelerators (see the module docstring for the measurements)."""
-    return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+    """"interleaved" on CPU, "vmap" on accelerators (see the module docstring for the measurements)."""
+    return "interleaved" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _interleaved(step, count: int, single_shardings, replicated):
+    """``(stacked state, stacked batch, stacked metrics) -> (state, metrics)`` that runs the single run's own
+    jitted step once per seed (one split and one stack program around them): N dispatches per step, each the
+    single run's program, so every seed is bit-identical to its single run and costs what it costs alone."""
+    single_fn = jax.jit(step, donate_argnums=(0, 2), out_shardings=(single_shardings, replicated))
+    split = jax.jit(lambda tree: [unstack(tree, i) for i in range(count)])
+    join = jax.jit(lambda trees: stack(trees))
+
+    def train_fn(state, batch, metrics):
+        outputs = [single_fn(*inputs) for inputs in zip(split(state), split(batch), split(metrics))]
+        return join([o[0] for o in outputs]), join([o[1] for o in outputs])
+
+    return train_fn
 
 
 def _unrolled(fn, count: int, *, shared: tuple[int, ...]):
@@ -153,8 +179,12 @@ def _unrolled(fn, count: int, *, shared: tuple[int, ...]):
     (arguments at positions ``shared`` are passed whole to every seed)."""
 
     def each(*args):
-        outputs = [fn(*(arg if position in shared else unstack(arg, i) for position, arg in enumerate(args)))
-                   for i in range(count)]
+        outputs = []
+        for i in range(count):
+            inputs = [arg if position in shared else unstack(arg, i) for position, arg in enumerate(args)]
+            if outputs:  # seed i starts after seed i-1 is done: the copies run one after another, as N runs do
+                outputs[-1], inputs = jax.lax.optimization_barrier((outputs[-1], inputs))
+            outputs.append(fn(*inputs))
         return stack(outputs)
 
     return each
@@ -270,7 +300,8 @@ def train(srun: StackedRun, state, checkpoints, sinks: Sequence[loop.MetricsSink
     last_evals = None
 
     def meta_now() -> dict:
-        return dict(run.meta, position=feeds.Position.of_step(step, spe).as_dict(), train_time_s=resumed.train_s + clock["train"],
+        return dict(run.meta, position=feeds.Position.of_step(step, spe).as_dict(),
+                    train_time_s=resumed.train_s + clock["train"],
                     compile_time_s=resumed.compile_s + clock["compile"], eval_time_s=resumed.eval_s + clock["eval"])
 
     def save(**kwargs) -> None:
@@ -288,7 +319,8 @@ def train(srun: StackedRun, state, checkpoints, sinks: Sequence[loop.MetricsSink
             raise FloatingPointError(
                 f"The training loss of seed {seeds[which]} became NaN or infinite at step {int(bad[which])} (epoch "
                 f"{epoch + 1}); training stopped and this state was not saved (last good checkpoint: "
-                f"{latest if latest is not None else 'none'}). Lower config.learning_rate or set config.grad_clip_norm.")
+                f"{latest if latest is not None else 'none'}). Lower config.learning_rate or set "
+                "config.grad_clip_norm.")
         now = time.perf_counter()
         seconds = max(now - window["start"] - window["excluded"], 1e-9)
         clock["train"] += seconds

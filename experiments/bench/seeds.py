@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (the process is pinned to them)")
     parser.add_argument("--config", default="experiments/configs/lenet5_mnist.py")
-    parser.add_argument("--strategy", default=None, choices=("vmap", "unrolled"),
+    parser.add_argument("--strategy", default=None, choices=("vmap", "unrolled", "interleaved"),
                         help="how the stacked program runs the seeds (default: stacked.default_strategy())")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -124,7 +124,8 @@ def main(argv=None) -> dict:
                 f"{config.batch_size}: {args.seeds} sequential runs vs one stacked (vmapped) program",
         "machine": workdir_lib.describe_machine(machine), "cpu_model": machine["cpu_model"],
         "cpu_flags": machine["cpu_flags"], "backend": jax.default_backend(), "threads": args.threads, "cpus": cpus,
-        "jax": jax.__version__, "strategy": strategy_used[0], "seeds": seeds, "steps_per_seed": args.steps, "rounds": args.rounds,
+        "jax": jax.__version__, "strategy": strategy_used[0], "seeds": seeds, "steps_per_seed": args.steps,
+        "rounds": args.rounds,
         "seconds_best": best, "seconds_median": {n: statistics.median(v) for n, v in seconds.items()},
         "seconds_all": seconds, "images_per_s_best": {n: images / s for n, s in best.items()},
         "ratio_sequential_over_stacked_best": best["sequential"] / best["stacked"],

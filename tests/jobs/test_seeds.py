@@ -35,7 +35,8 @@ class FakeJob:
         predictions[:wrong] = (predictions[:wrong] + 1) % 10
         wd.write_predictions(predictions, LABELS)
         wd.write_results(workdir_lib.results_record(
-            kind="knn", dataset="digits", train_count=100, test_count=20, test_accuracy=float(np.mean(predictions == LABELS)),
+            kind="knn", dataset="digits", train_count=100, test_count=20,
+            test_accuracy=float(np.mean(predictions == LABELS)),
             train_s=1.0 + config.seed, inference_s_per_1000=0.5, model_name="knn", machine=MACHINE,
             chosen={"k": 1}, chosen_text="k=1"))
 
