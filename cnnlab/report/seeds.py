@@ -36,7 +36,8 @@ def seeds_markdown(results: Mapping, *, title: str, plots: Mapping[str, str]) ->
     for name, summary in section["metrics"].items():
         label, scale, unit, digits = _NAMES.get(name, (name, 1.0, "", 4))
         s = stats.Summary(**summary)
-        spread = (f"{_cell(s.mean, scale, digits)}{unit} (no spread: deterministic)" if s.deterministic
+        # Equal values: a deterministic method, or a saturated metric (top-5 at 100%): say so, no interval.
+        spread = (f"{_cell(s.mean, scale, digits)}{unit} (no spread: all {s.n} seeds equal)" if s.deterministic
                   else f"{_cell(s.mean, scale, digits)} +/- {_cell(s.std, scale, digits)}{unit}")
         ci = "-" if s.ci_low is None else f"{_cell(s.ci_low, scale, digits)} - {_cell(s.ci_high, scale, digits)}{unit}"
         lines.append(f"| {label} | {spread} | {_cell(s.min, scale, digits)} | {_cell(s.max, scale, digits)} | {ci} "

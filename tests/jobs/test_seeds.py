@@ -94,7 +94,7 @@ def test_deterministic_methods_show_no_spread(tmp_path, monkeypatch):
     results = cnnlab.jobs.run(knn_config(seeds=2), str(tmp_path))
     summary = results["seeds"]["metrics"]["test_accuracy"]
     assert summary["deterministic"] and summary["std"] == 0.0
-    assert "no spread: deterministic" in (tmp_path / "report.md").read_text()
+    assert "| test accuracy | 90.00% (no spread: all 2 seeds equal) |" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_seed_counts_and_kinds_are_refused(tmp_path):
