@@ -132,9 +132,10 @@ def setup(config, seeds: Sequence[int], strategy: str | None = None) -> StackedR
         std=tuple(info.std), augment=bool(config.augment) and run.feed.device_augment,
         flip=bool(config.get("augment_flip", True)),
         pad=int(config.get("augment_pad", 4)), label_smoothing=float(config.get("label_smoothing", 0.0)),
-        image_size=run.image_shape[:2])
+        image_size=run.pad_shape[:2], resize=run.image_shape[:2])
     evaluate_one = functools.partial(steps_lib.eval_step, model=run.model, num_classes=info.num_classes,
-                                     mean=tuple(info.mean), std=tuple(info.std), image_size=run.image_shape[:2])
+                                     mean=tuple(info.mean), std=tuple(info.std), image_size=run.pad_shape[:2],
+                                     resize=run.image_shape[:2])
     strategy = strategy or default_strategy()
     if strategy == "vmap":
         per_seed_step = jax.vmap(step)
@@ -257,7 +258,7 @@ def predict_test_split(run: loop.Run, state, *, stacked: bool = False) -> tuple[
 
     def predict(one_state, images):
         x = steps_lib.preprocess(images, None, mean=tuple(info.mean), std=tuple(info.std), augment=False,
-                                 image_size=run.image_shape[:2])
+                                 image_size=run.pad_shape[:2], resize=run.image_shape[:2])
         variables = {"params": one_state.params}
         if one_state.batch_stats:
             variables["batch_stats"] = one_state.batch_stats
