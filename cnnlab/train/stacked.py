@@ -23,15 +23,15 @@ each seed, in one of three ways (``STRATEGIES``):
   and one stack program): bit-identical to the single runs (tested), and on CPU it costs what N runs cost. The
   default on CPU.
 
-Measured on CPU (experiments/bench/seeds.py: LeNet-5/MNIST, batch 128, 5 seeds, 2 Intel Xeon (Sapphire Rapids
-class) cores shared with other jobs at a load average of 9-13, so noisy): relative to 5 sequential runs, vmap ran
-at 0.41x (20 steps, 1 round), unrolled at 0.39x without the barrier (150 steps, best of 3) and 0.64x with it
-(60 steps, best of 2), and
-interleaved at 0.73x (median of 3 rounds of 100 steps; 1.46x in its best round), i.e. within this machine's noise
-of the sequential runs it repeats. On 2 CPU cores a LeNet-5 step already keeps the cores busy, so one program
-has nothing to fill there; ``config.seeds_stacked`` is off by default. The stacked run is bit-reproducible on its
-own either way: same config and seeds, same hashes; a resumed stacked run ends with the uninterrupted one's
-parameter hashes (tested).
+Measured on CPU (experiments/bench/seeds.py: LeNet-5/MNIST, batch 128, 5 seeds x 100 steps, 3 rounds, 2 Intel
+Xeon (Sapphire Rapids class) cores, load average 2-5 from other jobs), speed relative to 5 sequential runs:
+interleaved 0.97x (median; 0.93x best round: the split/stack around the steps), vmap 0.32x (median; 0.40x best:
+XLA:CPU runs the batched (grouped) convolutions badly); unrolled, measured under a load of 9-13, 0.39x without the
+ordering barrier and 0.64x with it. On 2 CPU cores one LeNet-5 step already keeps the cores busy, so one program
+has nothing to fill; ``config.seeds_stacked`` is off by default. A full 5-seed LeNet-5/MNIST run (8 epochs)
+stacked with the interleaved strategy ended with exactly the parameter hashes of the 5 sequential runs. The
+stacked run is bit-reproducible on its own either way: same config and seeds, same hashes; a resumed stacked run
+ends with the uninterrupted one's parameter hashes (tested).
 
 Checkpoints: one per step of the whole stacked state, in the seeds run's ``workdir/checkpoints`` (the loop's
 Orbax ``Checkpoints``, unchanged); its meta carries the seeds and the config fingerprint, so a resume under other
