@@ -227,6 +227,7 @@ def _check_seeds_comparison(tmp_path, methods):
     assert (tmp_path / "comparison_seeds.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # ~1 min; the seeds aggregation and statistics have fast tests in tests/jobs/test_seeds.py
 def test_digits_comparison_over_three_seeds_end_to_end(tmp_path):
     """kNN and LeNet-5 (stacked seeds) over 3 seeds: about 25 s on 2 idle cores."""
     methods = ("knn", "lenet5")

@@ -23,7 +23,8 @@ def _relative_error(a, b):
 
 
 @pytest.mark.parametrize("tile_size", winograd.TILE_SIZES)
-@pytest.mark.parametrize("shape", [(3, 8, 8, 4, 6), (2, 7, 9, 3, 5), (1, 1, 1, 2, 2)])
+@pytest.mark.parametrize("shape", [pytest.param((3, 8, 8, 4, 6), marks=pytest.mark.slow),
+                                   pytest.param((2, 7, 9, 3, 5), marks=pytest.mark.slow), (1, 1, 1, 2, 2)])
 def test_conv3x3_matches_lax_forward_and_gradients(tile_size, shape):
     n, height, width, cin, cout = shape  # odd sizes: the last tile is partly padding; 1x1: padding only
     kx, kk, kr = jax.random.split(jax.random.key(0), 3)
@@ -45,6 +46,7 @@ def test_conv3x3_matches_lax_forward_and_gradients(tile_size, shape):
         assert have.shape == want.shape and _relative_error(want, have) < 2e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2])
 def test_channel_major_conv_matches_lax_including_stride_2(stride):
     kx, kk = jax.random.split(jax.random.key(1))
@@ -96,6 +98,7 @@ def _tiny_cifar_resnet(conv_impl, dtype=jnp.float32):
                                      dtype=dtype)
 
 
+@pytest.mark.slow  # ~2 min of compiling: the Winograd path is an option, not the default
 def test_cifar_resnet_winograd_has_the_same_parameters_outputs_and_gradients():
     with jax.enable_x64(True):
         # float64, so that rounding (which batch norm's centring amplifies in the gradients) does not hide a
@@ -125,6 +128,7 @@ def test_cifar_resnet_winograd_has_the_same_parameters_outputs_and_gradients():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12), updates, fast_updates)
 
 
+@pytest.mark.slow
 def test_cifar_resnet_winograd_float32_and_bfloat16_within_rounding():
     x = jax.random.normal(jax.random.key(6), (4, 8, 8, 3))
     variables = _tiny_cifar_resnet("xla").init(jax.random.key(7), x)

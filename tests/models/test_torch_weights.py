@@ -239,6 +239,7 @@ def test_googlenet_aux_heads_are_kept_or_dropped():
         models.from_torch("googlenet", without, aux_logits=True)
 
 
+@pytest.mark.slow
 def test_torch_tensors_are_accepted_and_the_cli_converts_a_pth_file(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     state_dict = models.to_torch("vgg11", random_variables("vgg11", num_classes=3))

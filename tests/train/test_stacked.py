@@ -33,7 +33,8 @@ def _without_timing(records):
     return [{k: v for k, v in r.items() if k not in ("images_per_s", "elapsed_s")} for r in records]
 
 
-@pytest.mark.parametrize("strategy", stacked.STRATEGIES)
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.slow) if s == "unrolled" else s
+                                      for s in stacked.STRATEGIES])
 def test_each_stacked_seed_equals_its_single_run(tmp_path, strategy):
     config = tiny_config(num_train_steps=STEPS, augment=True, seed=SEEDS[0], seeds=len(SEEDS), seeds_stacked=True)
     srun = stacked.setup(config, SEEDS, strategy)
