@@ -104,6 +104,7 @@ def test_finetune_with_frozen_backbone_trains_the_head_only(converted, finetuned
     assert np.isfinite(results["test"]["loss"])
 
 
+@pytest.mark.slow  # a second training run (~25 s); the converted-file path runs by default
 def test_a_run_starts_from_another_runs_best_checkpoint(finetuned, capsys):
     workdir, _ = finetuned
     variables, _ = pretrained.load_source(workdir)
@@ -113,6 +114,7 @@ def test_a_run_starts_from_another_runs_best_checkpoint(finetuned, capsys):
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), tree, variables[collection])
 
 
+@pytest.mark.slow  # ~25 s; init_freeze=backbone (BN frozen too) runs by default
 def test_frozen_batch_stats_use_and_keep_the_running_averages():
     model = resnet.ResNetTiny(num_classes=10)  # BN everywhere, small enough to compile in seconds
     images = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3)) * 255
