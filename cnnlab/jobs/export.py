@@ -28,6 +28,7 @@ newer (the calling convention version is in the card); it runs on the platforms 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 from collections.abc import Sequence
@@ -85,9 +86,18 @@ def _check_out(out: str) -> str:
     return out
 
 
+def portable(model):
+    """``model`` with ``lax`` convolutions: an exported file runs on other machines and must not call into this
+    process's compiled oneDNN library (``cnnlab.native``), which its loader does not have. Same values."""
+    if getattr(model, "conv_impl", "xla") in ("auto", "onednn"):
+        return model.clone(conv_impl="xla")
+    return model
+
+
 def export_trained(trained: predict_lib.TrainedModel, *, platforms: Sequence[str] | None = None):
     """(exported, card): the ``jax.export.Exported`` of ``trained`` (see the module docstring) and its JSON card."""
     platforms = _check_platforms(platforms)
+    trained = dataclasses.replace(trained, model=portable(trained.model))
     variables = jax.tree.map(jnp.asarray, trained.variables)
 
     def logits_of(images):  # uint8 [N, H, W, C] -> float32 [N, K]; the weights are closed over: constants

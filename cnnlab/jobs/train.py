@@ -64,6 +64,9 @@ def _results(run: loop.Run, outcome: loop.TrainOutcome, wall_s: float) -> dict:
                  "train_images_per_s": outcome.steps * config.batch_size / max(outcome.train_s, 1e-9),
                  "devices": parallel.device_description(run.mesh),
                  "input": "streamed" if run.feed.streaming else "in memory",
+                 # which convolutions ran: "onednn" (cnnlab.native), "xla" (lax), "winograd"; None: the model
+                 # has no choice (LeNet-5's conv-pool blocks, AlexNet, VGG, GoogLeNet, ImageNet ResNets)
+                 "conv_impl": getattr(run.model, "conv_impl", None),
                  "eval_per_class_accuracy": final["eval_per_class_accuracy"],
                  "eval_confusion": final["eval_confusion"]})
 

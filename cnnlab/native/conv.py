@@ -11,8 +11,8 @@
 
 Both gradients are oneDNN's too (a ``custom_vjp``), so XLA:CPU's generic convolutions and the layout transposes
 around its weight gradient disappear from a training step. The values agree with ``lax`` to float32 rounding
-(``tests/native/test_conv.py``). A custom call is opaque to XLA's SPMD partitioner, so the models use this path
-only on a single device (``select``); with several devices they keep ``lax``.
+(``tests/native/test_conv.py``). A custom call is opaque to XLA's SPMD partitioner, so ``conv_impl="auto"``
+takes this path only for a computation on one device (``select``); sharded over several, it keeps ``lax``.
 """
 
 from __future__ import annotations
@@ -85,24 +85,25 @@ def implementations() -> list[str]:
     return [line for line in buffer.value.decode().splitlines() if line]
 
 
-def select(conv_impl: str) -> str:
-    """Resolve a model's ``conv_impl``: "auto" -> "onednn" where it can run on this one device, else "xla".
+def select(conv_impl: str, devices: int | None = None) -> str:
+    """Resolve a model's ``conv_impl`` to "onednn" or "xla".
 
-    "onednn" asked for explicitly raises a clear error where it cannot run; "xla" stays "xla".
+    "auto": "onednn" where it can run (``available()``) and the computation spans one device (``devices``,
+    default ``jax.device_count()``), else "xla". A custom call is opaque to XLA's SPMD partitioner, which gathers
+    its operands onto every device: correct but not data-parallel, so sharded runs keep ``lax``. "onednn": an
+    explicit request, a clear error where the library cannot run. "xla" stays "xla".
     """
     if conv_impl == "xla":
         return "xla"
     if conv_impl not in ("auto", "onednn"):
         raise ValueError(f"conv_impl must be 'auto', 'onednn' or 'xla', got {conv_impl!r}.")
     reason = why_unavailable()
-    if not reason and jax.device_count() > 1:
-        reason = (f"{jax.device_count()} devices: a custom call is not partitioned by XLA's SPMD partitioner, "
-                  "so data-parallel runs keep lax convolutions")
-    if reason:
-        if conv_impl == "onednn":
+    if conv_impl == "onednn":
+        if reason:
             raise RuntimeError(f"conv_impl='onednn' cannot run here: {reason}. Use conv_impl='auto' or 'xla'.")
-        return "xla"
-    return "onednn"
+        return "onednn"
+    devices = jax.device_count() if devices is None else devices
+    return "onednn" if not reason and devices == 1 else "xla"
 
 
 def _explicit_padding(padding, lhs_shape, rhs_shape, strides, rhs_dilation) -> list[tuple[int, int]] | None:

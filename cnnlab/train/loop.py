@@ -44,6 +44,7 @@ import numpy as np
 
 from cnnlab import data, models, parallel
 from cnnlab.data import demo
+from cnnlab.native import conv as native_conv
 from cnnlab.report import run_report
 from cnnlab.train import checkpoint as checkpoint_lib
 from cnnlab.train import feeds
@@ -239,6 +240,9 @@ def setup(config) -> Run:
 
     overrides = model_overrides(config)
     model = models.get(config.model, num_classes=info.num_classes, dtype=DTYPES[config.dtype], **overrides)
+    if getattr(model, "conv_impl", None) == "auto":
+        # oneDNN's CPU convolutions where they can run and the mesh is one device (cnnlab.native.conv.select)
+        model = model.clone(conv_impl=native_conv.select("auto", devices=mesh.size))
     schedule = state_lib.make_schedule(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     tx = state_lib.make_optimizer(config, schedule)
     state, shardings = state_lib.create_train_state(model, tx, seed=int(config.seed), input_shape=image_shape,
