@@ -12,6 +12,7 @@ import pytest
 from jax import lax
 
 from cnnlab import models
+from cnnlab.models import densenet
 from cnnlab.native import build as build_lib
 from cnnlab.native import conv as native_conv
 
@@ -183,14 +184,23 @@ def test_conv_impl_is_checked():
         native_conv.select("fast")
 
 
+def _small_densenet_bc(**kwargs):
+    """DenseNet-BC's code path (CIFAR stem, bottleneck layers, compressed transitions) at a test size."""
+    return densenet.DenseNet(block_config=(2, 2, 2), growth_rate=4, num_init_features=8, cifar_stem=True, **kwargs)
+
+
 @needs_library
-@pytest.mark.parametrize("name,size", [("resnet20", 16), ("densenet_bc_100_12", 8)])
+@pytest.mark.parametrize("name,size", [
+    ("resnet20", 16), ("small_densenet_bc", 8),
+    pytest.param("densenet_bc_100_12", 8, marks=pytest.mark.slow),  # ~130 s of compilation
+])
 def test_models_give_the_same_parameters_outputs_and_gradients(name, size):
     images = jnp.asarray(np.random.default_rng(0).normal(size=(4, size, size, 3)), jnp.float32)
     labels = jnp.arange(4) % 10
     results = {}
     for conv_impl in ("xla", "onednn"):
-        model = models.get(name, num_classes=10, conv_impl=conv_impl)
+        model = (_small_densenet_bc(num_classes=10, conv_impl=conv_impl) if name == "small_densenet_bc" else
+                 models.get(name, num_classes=10, conv_impl=conv_impl))
         variables = model.init(jax.random.key(0), images)
 
         def loss(params, model=model, variables=variables):
