@@ -20,6 +20,11 @@ import sys
 # Quiet start-up: no "Unable to initialize backend 'tpu'" on machines without one, no C++ INFO lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+# Before any thread allocates: XLA:CPU's per-step scratch buffer stays mapped between steps (cnnlab.native.memory).
+from cnnlab.native import memory as _memory  # noqa: E402
+
+_memory.keep_freed_memory()
+
 from absl import app, flags, logging  # noqa: E402
 
 from experiments.config_loading import ConfigError, load_config  # noqa: E402

@@ -206,6 +206,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     cpus = _pin(args.threads)
+    from cnnlab.native import memory
+
+    # Both frameworks run in this process, so both get the same malloc settings (cnnlab.native.memory).
+    kept = memory.keep_freed_memory()
     import jax
     import torch
 
@@ -219,6 +223,7 @@ def main(argv=None):
     if "onednn" in conv_impls and not native_conv.available():
         print(f"bench.train: conv_impl=onednn skipped: {native_conv.why_unavailable()}", flush=True)
         conv_impls.remove("onednn")
+    results["keep_freed_memory"] = kept
     results["native_conv"] = {"available": native_conv.available(), "why_not": native_conv.why_unavailable()}
     for model_name in args.models.split(","):
         steps = STEPS.get(model_name, 2)
