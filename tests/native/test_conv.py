@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -244,3 +245,23 @@ def test_status_command():
     assert done.stdout.startswith("oneDNN convolutions: ")
     assert done.returncode == (0 if native_conv.available() else 1)
     assert ("available" in done.stdout) if native_conv.available() else (native_conv.why_unavailable() in done.stdout)
+
+
+@needs_library
+@pytest.mark.slow
+def test_a_training_run_ends_within_float_tolerance_of_the_lax_run(tmp_path):
+    """20 SGD steps of ResNet-20 through the real loop: oneDNN's run against lax's (about 60 s of compiling)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "train"))
+    from _train_helpers import tiny_config
+
+    from cnnlab.jobs import train_and_evaluate
+
+    results = {}
+    for conv_impl in ("xla", "auto"):
+        config = tiny_config(model="resnet20", num_train_steps=20, learning_rate=0.02)
+        if conv_impl == "xla":
+            config.model_overrides.conv_impl = "xla"
+        results[conv_impl] = train_and_evaluate(config, str(tmp_path / conv_impl))
+    assert results["auto"]["details"]["conv_impl"] == "onednn" and results["xla"]["details"]["conv_impl"] == "xla"
+    assert abs(results["auto"]["test"]["loss"] - results["xla"]["test"]["loss"]) < 1e-3 * results["xla"]["test"]["loss"]
+    assert abs(results["auto"]["test"]["accuracy"] - results["xla"]["test"]["accuracy"]) <= 2 / 359
