@@ -250,7 +250,11 @@ def test_status_command():
 @needs_library
 @pytest.mark.slow
 def test_a_training_run_ends_within_float_tolerance_of_the_lax_run(tmp_path):
-    """20 SGD steps of ResNet-20 through the real loop: oneDNN's run against lax's (about 60 s of compiling)."""
+    """5 SGD steps of ResNet-20 through the real loop: oneDNN's run against lax's (about 60 s of compiling).
+
+    Few steps, because float32 training amplifies rounding: after 20 steps of lr 0.02 on one batch, the parameters
+    of the oneDNN and lax runs differ by up to 38% of a leaf's largest value, and so do those of two pure-JAX
+    implementations (Winograd against lax: 36%). After 5 steps of lr 0.01 the test losses agree to 1e-4."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "train"))
     from _train_helpers import tiny_config
 
@@ -258,7 +262,7 @@ def test_a_training_run_ends_within_float_tolerance_of_the_lax_run(tmp_path):
 
     results = {}
     for conv_impl in ("xla", "auto"):
-        config = tiny_config(model="resnet20", num_train_steps=20, learning_rate=0.02)
+        config = tiny_config(model="resnet20", num_train_steps=5, learning_rate=0.01)
         if conv_impl == "xla":
             config.model_overrides.conv_impl = "xla"
         results[conv_impl] = train_and_evaluate(config, str(tmp_path / conv_impl))
