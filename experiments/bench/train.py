@@ -1,6 +1,13 @@
 """Training throughput on CPU: cnnlab (JAX/Flax, the real training step) vs PyTorch eager, same run, same cores.
 
-    python -m experiments.bench.train [--threads=2] [--models=lenet5,resnet20] [--rounds=5] [--conv_impls=xla]
+    python -m experiments.bench.train [--threads=2] [--models=lenet5,resnet20,resnet56,densenet_bc_100_12]
+        [--rounds=5] [--conv_impls=xla,onednn]
+
+The CIFAR ResNets and DenseNet-BC are timed once per ``--conv_impls`` value: ``xla`` (``lax`` convolutions) and
+``onednn`` (``cnnlab.native``'s oneDNN convolutions, the default on one CPU device; skipped with the reason when
+the library is not built). The JSON records which oneDNN kernels ran (``native_conv.implementations``) and
+whether ``cnnlab.native.memory.keep_freed_memory`` was in force; it is applied before JAX starts, so PyTorch,
+in the same process, runs under the same malloc settings. ``CNNLAB_KEEP_FREED_MEMORY=0`` turns it off.
 
 To measure an AVX2-only CPU's code paths on an AVX-512 machine, set before starting:
 ``XLA_FLAGS=--xla_cpu_max_isa=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (PyTorch's convolutions
@@ -10,7 +17,7 @@ products (YNNPACK, which picks its kernels at run time) slow down under the limi
 measured; see ``isa_report``.
 
 For each model both frameworks train the same architecture (LeNet-5 with ReLU/max-pool on 28x28 inputs padded to
-32x32; the CIFAR ResNet-20 with option-A shortcuts on 32x32x3) with the same global batch (128), optimizer (SGD,
+32x32; the CIFAR ResNet-20/56 with option-A shortcuts and DenseNet-BC-100 (k=12) on 32x32x3) with the same global batch (128), optimizer (SGD,
 momentum 0.9, lr 0.01), float32 and thread count (the process is pinned to the first ``threads`` CPUs; torch uses
 ``torch.set_num_threads(threads)``, XLA sizes its pool from the pinned CPUs).
 
