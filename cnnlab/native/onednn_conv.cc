@@ -86,8 +86,7 @@ struct Geometry {
 };
 
 // x: [N, H, W, C], w: [KH, KW, I, O], y: [N, OH, OW, O] (NHWC / HWIO as flax lays them out).
-Geometry make_geometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
-                       Span strides, Span pad_lo, Span pad_hi, Span dilation) {
+Geometry make_geometry(Span x, Span w, Span y, Span strides, Span pad_lo, Span pad_hi, Span dilation) {
   if (x.size() != 4 || w.size() != 4 || y.size() != 4) throw std::invalid_argument("rank-4 NHWC/HWIO arrays only");
   if (strides.size() != 2 || pad_lo.size() != 2 || pad_hi.size() != 2 || dilation.size() != 2)
     throw std::invalid_argument("strides, pad_lo, pad_hi and dilation need 2 values each");
@@ -133,6 +132,16 @@ struct Entry {
 std::mutex cache_mutex;
 std::unordered_map<std::string, std::shared_ptr<Entry>> cache;
 
+template <typename Primitive, typename PD>
+std::shared_ptr<Entry> make_entry(const PD& pd, const memory::desc& kernel_desc) {
+  auto entry = std::make_shared<Entry>();
+  entry->kernel_desc = kernel_desc;
+  entry->scratchpad_desc = pd.scratchpad_desc();
+  entry->impl = pd.impl_info_str();
+  entry->primitive = Primitive(pd);
+  return entry;
+}
+
 std::shared_ptr<Entry> lookup(char kind, const Geometry& g) {
   std::string key = g.key(kind);
   {
@@ -140,35 +149,21 @@ std::shared_ptr<Entry> lookup(char kind, const Geometry& g) {
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  std::shared_ptr<Entry> entry;
   auto hint = forward_pd(g);
+  auto any_kernel = memory::desc(g.weights, kF32, Tag::any);
+  std::shared_ptr<Entry> entry;
   if (kind == 'f') {
-    auto pd = hint;
-    entry = std::make_shared<Entry>();
-    entry->kernel_desc = pd.weights_desc();
-    entry->scratchpad_desc = pd.scratchpad_desc();
-    entry->impl = pd.impl_info_str();
-    entry->primitive = dnnl::convolution_forward(pd);
+    entry = make_entry<dnnl::convolution_forward>(hint, hint.weights_desc());
   } else if (kind == 'd') {
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        cpu_engine(), dnnl::algorithm::convolution_direct, activations(g.src),
-        memory::desc(g.weights, kF32, Tag::any), activations(g.dst), g.strides, g.dilates, g.pad_lo, g.pad_hi,
-        hint, user_scratchpad());
-    entry = std::make_shared<Entry>();
-    entry->kernel_desc = pd.weights_desc();
-    entry->scratchpad_desc = pd.scratchpad_desc();
-    entry->impl = pd.impl_info_str();
-    entry->primitive = dnnl::convolution_backward_data(pd);
+    dnnl::convolution_backward_data::primitive_desc pd(
+        cpu_engine(), dnnl::algorithm::convolution_direct, activations(g.src), any_kernel, activations(g.dst),
+        g.strides, g.dilates, g.pad_lo, g.pad_hi, hint, user_scratchpad());
+    entry = make_entry<dnnl::convolution_backward_data>(pd, pd.weights_desc());
   } else {
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        cpu_engine(), dnnl::algorithm::convolution_direct, activations(g.src),
-        memory::desc(g.weights, kF32, Tag::any), activations(g.dst), g.strides, g.dilates, g.pad_lo, g.pad_hi,
-        hint, user_scratchpad());
-    entry = std::make_shared<Entry>();
-    entry->kernel_desc = pd.diff_weights_desc();
-    entry->scratchpad_desc = pd.scratchpad_desc();
-    entry->impl = pd.impl_info_str();
-    entry->primitive = dnnl::convolution_backward_weights(pd);
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        cpu_engine(), dnnl::algorithm::convolution_direct, activations(g.src), any_kernel, activations(g.dst),
+        g.strides, g.dilates, g.pad_lo, g.pad_hi, hint, user_scratchpad());
+    entry = make_entry<dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc());
   }
   memory::desc user = user_kernel(g.weights);
   if (entry->kernel_desc != user) {
@@ -181,11 +176,13 @@ std::shared_ptr<Entry> lookup(char kind, const Geometry& g) {
   return inserted.first->second;
 }
 
-// Runs one primitive. `activation_in` / `activation_out` are the two NHWC arrays (src and dst for the forward
-// pass, diff_dst and diff_src for the data gradient, src and diff_dst for the kernel gradient); `kernel` is the
-// user's HWIO kernel (an input, or the output of the kernel gradient).
-ffi::Error run(char kind, const Geometry& g, void* a, void* b, void* kernel) {
+// Runs one primitive. x, w, y are the shapes of the convolution's input, kernel and output (NHWC, HWIO, NHWC);
+// `a` and `b` are the two activation buffers (x and y for the forward pass, dy and dx for the data gradient,
+// x and dy for the kernel gradient) and `kernel` the user's HWIO kernel (an input, or the kernel gradient).
+ffi::Error run(char kind, Span x, Span w, Span y, Span strides, Span pad_lo, Span pad_hi, Span dilation, void* a,
+               void* b, void* kernel) {
   try {
+    auto g = make_geometry(x, w, y, strides, pad_lo, pad_hi, dilation);
     auto entry = lookup(kind, g);
     auto& engine = cpu_engine();
     auto& stream = thread_stream();
@@ -225,32 +222,20 @@ ffi::Error run(char kind, const Geometry& g, void* a, void* b, void* kernel) {
 
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                    Span strides, Span pad_lo, Span pad_hi, Span dilation) {
-  try {
-    auto g = make_geometry(x.dimensions(), w.dimensions(), y->dimensions(), strides, pad_lo, pad_hi, dilation);
-    return run('f', g, x.untyped_data(), y->untyped_data(), w.untyped_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::InvalidArgument(std::string("cnnlab oneDNN convolution: ") + e.what());
-  }
+  return run('f', x.dimensions(), w.dimensions(), y->dimensions(), strides, pad_lo, pad_hi, dilation,
+             x.untyped_data(), y->untyped_data(), w.untyped_data());
 }
 
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
                        Span strides, Span pad_lo, Span pad_hi, Span dilation) {
-  try {
-    auto g = make_geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pad_lo, pad_hi, dilation);
-    return run('d', g, dy.untyped_data(), dx->untyped_data(), w.untyped_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::InvalidArgument(std::string("cnnlab oneDNN convolution: ") + e.what());
-  }
+  return run('d', dx->dimensions(), w.dimensions(), dy.dimensions(), strides, pad_lo, pad_hi, dilation,
+             dy.untyped_data(), dx->untyped_data(), w.untyped_data());
 }
 
 ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                           Span strides, Span pad_lo, Span pad_hi, Span dilation) {
-  try {
-    auto g = make_geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pad_lo, pad_hi, dilation);
-    return run('w', g, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::InvalidArgument(std::string("cnnlab oneDNN convolution: ") + e.what());
-  }
+  return run('w', x.dimensions(), dw->dimensions(), dy.dimensions(), strides, pad_lo, pad_hi, dilation,
+             x.untyped_data(), dy.untyped_data(), dw->untyped_data());
 }
 
 }  // namespace

@@ -74,3 +74,19 @@ def committed_steps(workdir):
 def orbax_tmp_dirs(workdir):
     directory = os.path.join(workdir, "checkpoints")
     return [n for n in os.listdir(directory) if not n.isdigit()] if os.path.isdir(directory) else []
+
+
+def kill_after_checkpoint(workdir, step=20, timeout=240):
+    """Start the main command on ``workdir``, SIGKILL it once a checkpoint at ``step`` or later is committed, and
+    check that it died by the signal before finishing (no results.json)."""
+    import signal
+    import time
+
+    process = subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not [s for s in committed_steps(workdir) if s >= step] and process.poll() is None:
+        assert time.time() < deadline, "the training subprocess wrote no checkpoint in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(workdir, "results.json")), "the run finished before it was killed"

@@ -94,21 +94,11 @@ def test_deterministic_switch_after_the_backend_started_is_a_clear_error(monkeyp
 @pytest.mark.slow
 def test_sigkilled_subprocess_resumes_to_the_uninterrupted_parameter_hash(tmp_path, reference_run):
     """A real SIGKILL mid-run (as test_train_resume's), checked by the final parameter hash."""
-    import signal
-    import time
-
-    from _train_helpers import main_command
+    from _train_helpers import kill_after_checkpoint, main_command
 
     reference_dir, reference = reference_run
     workdir = str(tmp_path / "killed")
-    process = subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not [s for s in committed_steps(workdir) if s >= 20] and process.poll() is None:
-        assert time.time() < deadline, "the training subprocess wrote no checkpoint in time"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert not os.path.exists(os.path.join(workdir, "results.json")), "the run finished before it was killed"
+    kill_after_checkpoint(workdir)
     rerun = subprocess.run(main_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Resuming from checkpoint step" in rerun.stdout

@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-from _train_helpers import (REFERENCE_STEPS, ROOT, committed_steps, main_command, orbax_tmp_dirs, records,
-                            reference_config)
+from _train_helpers import (REFERENCE_STEPS, ROOT, committed_steps, kill_after_checkpoint, main_command,
+                            orbax_tmp_dirs, records, reference_config)
 
 from cnnlab.jobs import evaluate_checkpoint, train_and_evaluate
 from cnnlab.train import ResumeMismatch, TrainingInterrupted
@@ -48,14 +48,7 @@ def _meta(workdir, step):
 def test_sigkill_mid_run_then_rerun_gives_identical_final_metrics(tmp_path, reference_run):
     reference_dir, reference = reference_run
     workdir = str(tmp_path / "killed")
-    process = subprocess.Popen(main_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not [s for s in committed_steps(workdir) if s >= 20] and process.poll() is None:
-        assert time.time() < deadline, "the training subprocess wrote no checkpoint in time"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert not os.path.exists(os.path.join(workdir, "results.json")), "the run finished before it was killed"
+    kill_after_checkpoint(workdir)
     killed_at = max(committed_steps(workdir))
 
     rerun = subprocess.run(main_command(workdir), cwd=ROOT, capture_output=True, text=True, timeout=300)
